@@ -1,6 +1,8 @@
 # steerd: server-side QUIC connection migration for edge containers.
 # Every target that touches namespaces, BPF or containers needs root.
 
+export PATH := /usr/local/go/bin:/usr/local/sbin:$(PATH)
+
 GO        ?= go
 CLANG     ?= clang-19
 BIN       := bin
