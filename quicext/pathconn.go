@@ -1,0 +1,126 @@
+package quicext
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// pathConn is the client's net.PacketConn for one path. quic-go's client migration
+// (Conn.AddPath) only changes the local side of a path and always sends to the connection's
+// original remote address, so pathConn rewrites the destination of every WriteTo to the
+// server address of its path and reports every ReadFrom as coming from the original remote
+// address (QUIC packet protection, not the source address, authenticates the packets).
+// It also records what the silence detector needs and implements the Synchronized Symmetric hold.
+type pathConn struct {
+	pc       net.PacketConn
+	dst      *net.UDPAddr
+	reportAs net.Addr
+	epoch    time.Time
+
+	lastRead        atomic.Int64 // ns since epoch
+	firstUnanswered atomic.Int64 // ns since epoch of the first write after the last read, 0 none
+	writesSinceRead atomic.Int64
+
+	mu      sync.Mutex
+	holdCh  chan struct{} // non-nil while held; closed on release
+	dropOut bool          // release drops the held writes (the path is dead)
+	holdAt  time.Time     // hold applies to writes from this time on
+}
+
+func newPathConn(pc net.PacketConn, dst *net.UDPAddr, reportAs net.Addr) *pathConn {
+	return &pathConn{pc: pc, dst: dst, reportAs: reportAs, epoch: time.Now()}
+}
+
+func (p *pathConn) now() int64 { return int64(time.Since(p.epoch)) + 1 }
+
+func (p *pathConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, _, err := p.pc.ReadFrom(b)
+	if err == nil {
+		p.lastRead.Store(p.now())
+		p.firstUnanswered.Store(0)
+		p.writesSinceRead.Store(0)
+	}
+	return n, p.reportAs, err
+}
+
+func (p *pathConn) WriteTo(b []byte, _ net.Addr) (int, error) {
+	p.mu.Lock()
+	ch, at := p.holdCh, p.holdAt
+	p.mu.Unlock()
+	if ch != nil && time.Now().After(at) {
+		<-ch
+		p.mu.Lock()
+		drop := p.dropOut
+		p.mu.Unlock()
+		if drop {
+			return len(b), nil
+		}
+	}
+	p.firstUnanswered.CompareAndSwap(0, p.now())
+	p.writesSinceRead.Add(1)
+	return p.pc.WriteTo(b, p.dst)
+}
+
+// silentFor returns how long writes have gone unanswered (0 if fewer than two writes since
+// the last read: a lone ACK-only packet elicits no answer).
+func (p *pathConn) silentFor() time.Duration {
+	if p.writesSinceRead.Load() < 2 {
+		return 0
+	}
+	f := p.firstUnanswered.Load()
+	if f == 0 {
+		return 0
+	}
+	return time.Duration(p.now() - f)
+}
+
+// hold makes writes issued after delay block until release or timeout.
+func (p *pathConn) hold(delay, timeout time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.holdCh != nil {
+		return
+	}
+	ch := make(chan struct{})
+	p.holdCh, p.holdAt, p.dropOut = ch, time.Now().Add(delay), false
+	time.AfterFunc(timeout, func() { p.release(false) })
+}
+
+// release ends a hold; drop discards the writes that were held.
+func (p *pathConn) release(drop bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.holdCh == nil {
+		return
+	}
+	p.dropOut = drop
+	close(p.holdCh)
+	p.holdCh = nil
+}
+
+func (p *pathConn) Close() error {
+	p.release(true)
+	return p.pc.Close()
+}
+func (p *pathConn) LocalAddr() net.Addr                { return p.pc.LocalAddr() }
+func (p *pathConn) SetDeadline(t time.Time) error      { return p.pc.SetDeadline(t) }
+func (p *pathConn) SetReadDeadline(t time.Time) error  { return p.pc.SetReadDeadline(t) }
+func (p *pathConn) SetWriteDeadline(t time.Time) error { return p.pc.SetWriteDeadline(t) }
+
+// SetReadBuffer passes the receive buffer size to the socket (quic-go asks for it).
+func (p *pathConn) SetReadBuffer(n int) error {
+	if s, ok := p.pc.(interface{ SetReadBuffer(int) error }); ok {
+		return s.SetReadBuffer(n)
+	}
+	return nil
+}
+
+// SetWriteBuffer passes the send buffer size to the socket.
+func (p *pathConn) SetWriteBuffer(n int) error {
+	if s, ok := p.pc.(interface{ SetWriteBuffer(int) error }); ok {
+		return s.SetWriteBuffer(n)
+	}
+	return nil
+}

@@ -1,0 +1,648 @@
+package quicext
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// Errors returned by the server. Callers test them with errors.Is.
+var (
+	// ErrUnknownStrategy is returned for a strategy name or bit this package does not know.
+	ErrUnknownStrategy = errors.New("quicext: unknown strategy")
+	// ErrPreparing is returned by Prepare while a migration is already prepared, and to clients
+	// whose handshake arrives while a migration is prepared (quic-go refuses them).
+	ErrPreparing = errors.New("quicext: migration in progress")
+	// ErrNotPrepared is returned by Restored and Abort when no migration is prepared.
+	ErrNotPrepared = errors.New("quicext: no migration prepared")
+	// ErrServerClosed is returned by Accept after Close.
+	ErrServerClosed = errors.New("quicext: server closed")
+	// ErrWildcardBind is returned by NewServer when the transport's *net.UDPConn is bound to a
+	// wildcard address: after a move its replies could leave with a stale source address.
+	ErrWildcardBind = errors.New("quicext: socket bound to a wildcard address")
+)
+
+// CloseCodeUnsupported is the QUIC application error code (RFC 9000 section 20.2) with which
+// Prepare closes connections that did not negotiate a usable strategy, when asked to.
+const CloseCodeUnsupported quic.ApplicationErrorCode = 0x5158
+
+// MaxPool is the largest number of POOL_MIGRATION_ADDRESS frames a server sends and a client
+// keeps (the rest are ignored).
+const MaxPool = 8
+
+// ServerConfig configures the extension on a server.
+type ServerConfig struct {
+	// Strategies the server supports; 0 means AllStrategies.
+	Strategies Strategy
+	// Pool is the list of candidate addresses sent to Pool clients after the handshake (at most
+	// MaxPool are sent).
+	Pool []Target
+	// UniStreamHandler receives every peer unidirectional stream that is not the extension
+	// stream, after its stream-type varint was read (the extension owns AcceptUniStream on each
+	// connection: the application must not call it). Nil: such streams are cancelled with
+	// H3_STREAM_CREATION_ERROR (0x0103).
+	UniStreamHandler func(conn *quic.Conn, str *quic.ReceiveStream, streamType uint64)
+	// NegotiationTimeout bounds how long Prepare waits, counted from the accept of a connection,
+	// for its client's negotiation message before listing it as unsupported. 0 means 300 ms.
+	NegotiationTimeout time.Duration
+	// AllowWildcard lets NewServer accept a *net.UDPConn bound to a wildcard address (it logs a
+	// warning instead of returning ErrWildcardBind).
+	AllowWildcard bool
+	// Logf logs; nil means log.Printf.
+	Logf func(format string, args ...any)
+}
+
+// ConnInfo describes one connection in a Readiness report.
+type ConnInfo struct {
+	Remote     string   `json:"remote"`
+	Negotiated Strategy `json:"negotiated"`
+	Strategy   Strategy `json:"strategy"`
+}
+
+// Readiness is the result of Prepare.
+type Readiness struct {
+	// Strategy is the strategy requested for the migration (the first one strategyFor returned).
+	Strategy Strategy `json:"strategy"`
+	// Ready lists the connections whose client acknowledged every migration message.
+	Ready []ConnInfo `json:"ready"`
+	// NotReady lists connections that negotiated the extension but did not acknowledge before
+	// the context ended.
+	NotReady []ConnInfo `json:"not_ready"`
+	// Unsupported lists connections without the extension (or with no usable strategy).
+	Unsupported []ConnInfo `json:"unsupported"`
+	// Closed counts unsupported connections closed with CloseCodeUnsupported.
+	Closed int `json:"closed"`
+	// ElapsedMS is the time Prepare took, in milliseconds.
+	ElapsedMS float64 `json:"elapsed_ms"`
+}
+
+// AllReady reports whether every connection is ready.
+func (r Readiness) AllReady() bool { return len(r.NotReady) == 0 && len(r.Unsupported) == 0 }
+
+// Status is a snapshot of the server.
+type Status struct {
+	Prepared    bool     `json:"prepared"`
+	Strategy    Strategy `json:"strategy"`
+	Target      Target   `json:"target"`
+	Conns       int      `json:"conns"`
+	Negotiated  int      `json:"negotiated"`
+	Migrations  int      `json:"migrations"`
+	LocalAddr   string   `json:"local_addr"`
+	Unsupported int      `json:"unsupported"`
+}
+
+// Server is a QUIC listener that runs the server side of the migration extension on every
+// connection it accepts. It wraps quic-go's public API only.
+type Server struct {
+	tr   *quic.Transport
+	ln   *quic.Listener
+	cfg  ServerConfig
+	logf func(string, ...any)
+
+	mu         sync.Mutex
+	conns      map[*quic.Conn]*serverConn
+	queue      []*quic.Conn // accepted, not yet handed to Accept
+	wake       chan struct{}
+	prepared   bool
+	strategy   Strategy
+	target     Target
+	migrations int
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// Listen opens a UDP socket on addr (bind the pod address, not a wildcard) and returns a Server
+// on a new quic.Transport over it.
+func Listen(addr string, tlsConf *tls.Config, quicConf *quic.Config, cfg ServerConfig) (*Server, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve listen address: %w", err)
+	}
+	uc, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("listen udp: %w", err)
+	}
+	s, err := NewServer(&quic.Transport{Conn: uc}, tlsConf, quicConf, cfg)
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewServer starts listening on tr. New handshakes are refused (quic-go's
+// Config.GetConfigForClient returns ErrPreparing) between Prepare and Restored/Abort.
+// Connections are handed out by Accept.
+func NewServer(tr *quic.Transport, tlsConf *tls.Config, quicConf *quic.Config, cfg ServerConfig) (*Server, error) {
+	if cfg.Strategies == 0 {
+		cfg.Strategies = AllStrategies
+	}
+	if cfg.NegotiationTimeout == 0 {
+		cfg.NegotiationTimeout = 300 * time.Millisecond
+	}
+	s := &Server{
+		tr:     tr,
+		cfg:    cfg,
+		logf:   cfg.Logf,
+		conns:  map[*quic.Conn]*serverConn{},
+		wake:   make(chan struct{}),
+		closed: make(chan struct{}),
+	}
+	if s.logf == nil {
+		s.logf = log.Printf
+	}
+	if uc, ok := tr.Conn.(*net.UDPConn); ok {
+		if la, ok := uc.LocalAddr().(*net.UDPAddr); ok && la.IP.IsUnspecified() {
+			if !cfg.AllowWildcard {
+				return nil, fmt.Errorf("new server on %v: %w", la, ErrWildcardBind)
+			}
+			s.logf("quicext: warning: %v is a wildcard bind; bind the pod address so replies keep their source after a move", la)
+		}
+	}
+	var qc *quic.Config
+	if quicConf != nil {
+		qc = quicConf.Clone()
+	} else {
+		qc = &quic.Config{}
+	}
+	userGet := qc.GetConfigForClient
+	qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+		s.mu.Lock()
+		p := s.prepared
+		s.mu.Unlock()
+		if p {
+			return nil, ErrPreparing
+		}
+		if userGet != nil {
+			return userGet(info)
+		}
+		return nil, nil
+	}
+	ln, err := tr.Listen(tlsConf, qc)
+	if err != nil {
+		return nil, fmt.Errorf("listen quic: %w", err)
+	}
+	s.ln = ln
+	go s.acceptLoop()
+	return s, nil
+}
+
+// Addr returns the local address of the listener.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Transport returns the wrapped transport.
+func (s *Server) Transport() *quic.Transport { return s.tr }
+
+// Close closes the listener (not the transport nor established connections).
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	return s.ln.Close()
+}
+
+func (s *Server) notifyLocked() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+func (s *Server) acceptLoop() {
+	for {
+		c, err := s.ln.Accept(context.Background())
+		if err != nil {
+			s.closeOnce.Do(func() { close(s.closed) })
+			return
+		}
+		sc := &serverConn{s: s, conn: c, accepted: time.Now(), negotiatedCh: make(chan struct{}), ackCh: make(chan struct{})}
+		s.mu.Lock()
+		s.conns[c] = sc
+		s.queue = append(s.queue, c)
+		s.notifyLocked()
+		s.mu.Unlock()
+		go sc.run()
+	}
+}
+
+// Accept returns the next connection. While a migration is prepared it holds connections back
+// (they are handed out after Restored or Abort).
+func (s *Server) Accept(ctx context.Context) (*quic.Conn, error) {
+	for {
+		s.mu.Lock()
+		if !s.prepared && len(s.queue) > 0 {
+			c := s.queue[0]
+			s.queue = s.queue[1:]
+			s.mu.Unlock()
+			return c, nil
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.closed:
+			return nil, ErrServerClosed
+		case <-wake:
+		}
+	}
+}
+
+// Prepare starts a migration: it refuses new handshakes, holds Accept, and signals every
+// connection according to strategyFor(conn) (nil means StrategySymmetric for all). A strategy
+// the connection did not negotiate is replaced by the first negotiated one of Symmetric,
+// Explicit, Explicit reactive, Pool, Synchronized Symmetric. Prepare waits until each client
+// acknowledged (MsgMigrationAck) or ctx ends, and returns the readiness. With closeUnsupported,
+// connections without a usable strategy are closed with CloseCodeUnsupported.
+// It returns ErrPreparing if a migration is already prepared. Unsupported connections stay open
+// (they keep working until the old path dies); see PrepareWith to close them.
+func (s *Server) Prepare(ctx context.Context, target Target, strategyFor func(*quic.Conn) Strategy) (Readiness, error) {
+	return s.PrepareWith(ctx, target, strategyFor, PrepareOptions{})
+}
+
+// PrepareOptions are the options of PrepareWith.
+type PrepareOptions struct {
+	// CloseUnsupported closes connections without a usable strategy with CloseCodeUnsupported.
+	CloseUnsupported bool
+}
+
+// PrepareWith is Prepare with options.
+func (s *Server) PrepareWith(ctx context.Context, target Target, strategyFor func(*quic.Conn) Strategy, opts PrepareOptions) (Readiness, error) {
+	closeUnsupported := opts.CloseUnsupported
+	start := time.Now()
+	s.mu.Lock()
+	if s.prepared {
+		s.mu.Unlock()
+		return Readiness{}, ErrPreparing
+	}
+	s.prepared = true
+	s.target = target
+	conns := make([]*serverConn, 0, len(s.conns))
+	for _, sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	if strategyFor == nil {
+		strategyFor = func(*quic.Conn) Strategy { return StrategySymmetric }
+	}
+
+	type result struct {
+		info  ConnInfo
+		state int // 0 ready, 1 not ready, 2 unsupported
+	}
+	results := make([]result, len(conns))
+	var wg sync.WaitGroup
+	for i, sc := range conns {
+		wg.Go(func() {
+			want := strategyFor(sc.conn)
+			neg := sc.waitNegotiated(ctx, s.cfg.NegotiationTimeout)
+			info := ConnInfo{Remote: sc.conn.RemoteAddr().String(), Negotiated: neg, Strategy: want}
+			st := pickStrategy(want, neg)
+			if st == 0 {
+				results[i] = result{info, 2}
+				return
+			}
+			info.Strategy = st
+			if err := sc.prepare(st, target); err != nil {
+				results[i] = result{info, 1}
+				return
+			}
+			if sc.waitAcked(ctx) {
+				results[i] = result{info, 0}
+			} else {
+				results[i] = result{info, 1}
+			}
+		})
+	}
+	wg.Wait()
+	var r Readiness
+	for i, res := range results {
+		if i == 0 || r.Strategy == 0 {
+			r.Strategy = res.info.Strategy
+		}
+		switch res.state {
+		case 0:
+			r.Ready = append(r.Ready, res.info)
+		case 1:
+			r.NotReady = append(r.NotReady, res.info)
+		case 2:
+			r.Unsupported = append(r.Unsupported, res.info)
+			if closeUnsupported {
+				conns[i].conn.CloseWithError(CloseCodeUnsupported, "server migration not supported")
+				r.Closed++
+			}
+		}
+	}
+	s.mu.Lock()
+	s.strategy = r.Strategy
+	s.mu.Unlock()
+	r.ElapsedMS = float64(time.Since(start).Microseconds()) / 1000
+	return r, nil
+}
+
+// pickStrategy returns want if negotiated, else a fallback, else 0.
+func pickStrategy(want, negotiated Strategy) Strategy {
+	if negotiated.Has(want) && want.isSingle() {
+		return want
+	}
+	for _, s := range []Strategy{StrategySymmetric, StrategyExplicit, StrategyExplicitReactive, StrategyPool, StrategySyncSymmetric} {
+		if negotiated.Has(s) {
+			return s
+		}
+	}
+	return 0
+}
+
+// Restored ends a migration after the restore: it re-applies the socket options CRIU does not
+// restore (IP_RECVTOS, IP_MTU_DISCOVER and the IPv6 twins, see ReapplySocketOptions) when the
+// transport's conn is a *net.UDPConn, sends SERVER_MIGRATED(newAddr) to Symmetric and
+// Synchronized Symmetric connections, and reopens handshakes and Accept. It returns
+// ErrNotPrepared without a prepared migration; a socket-option error is returned after all of
+// the above was done.
+func (s *Server) Restored(ctx context.Context, newAddr Target) error {
+	s.mu.Lock()
+	if !s.prepared {
+		s.mu.Unlock()
+		return ErrNotPrepared
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for _, sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	var sockErr error
+	if uc, ok := s.tr.Conn.(*net.UDPConn); ok {
+		sockErr = ReapplySocketOptions(uc)
+	}
+	for _, sc := range conns {
+		sc.restored(newAddr)
+	}
+	s.mu.Lock()
+	s.prepared = false
+	s.strategy = 0
+	s.target = newAddr
+	s.migrations++
+	s.notifyLocked()
+	s.mu.Unlock()
+	if sockErr != nil {
+		return fmt.Errorf("restore socket options: %w", sockErr)
+	}
+	return ctx.Err()
+}
+
+// Abort cancels a prepared migration (the service stays where it is): clients get
+// MIGRATION_CANCEL, handshakes and Accept reopen. It returns ErrNotPrepared without one.
+func (s *Server) Abort() error {
+	s.mu.Lock()
+	if !s.prepared {
+		s.mu.Unlock()
+		return ErrNotPrepared
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for _, sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.prepared = false
+	s.strategy = 0
+	s.notifyLocked()
+	s.mu.Unlock()
+	for _, sc := range conns {
+		sc.abort()
+	}
+	return nil
+}
+
+// Status returns a snapshot.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Prepared: s.prepared, Strategy: s.strategy, Target: s.target, Conns: len(s.conns),
+		Migrations: s.migrations, LocalAddr: s.ln.Addr().String()}
+	for _, sc := range s.conns {
+		sc.mu.Lock()
+		if sc.negotiated != 0 {
+			st.Negotiated++
+		} else if sc.negotiatedDone {
+			st.Unsupported++
+		}
+		sc.mu.Unlock()
+	}
+	return st
+}
+
+// serverConn is the extension state of one connection.
+type serverConn struct {
+	s        *Server
+	conn     *quic.Conn
+	accepted time.Time
+
+	mu             sync.Mutex
+	negotiated     Strategy
+	negotiatedDone bool
+	negotiatedCh   chan struct{}
+	send           *quic.SendStream
+	haveExt        bool
+	sent, acked    uint64
+	ackCh          chan struct{}
+	prepared       Strategy
+}
+
+func (sc *serverConn) run() {
+	defer func() {
+		sc.s.mu.Lock()
+		delete(sc.s.conns, sc.conn)
+		sc.s.mu.Unlock()
+	}()
+	for {
+		str, err := sc.conn.AcceptUniStream(sc.conn.Context())
+		if err != nil {
+			return
+		}
+		go sc.handleUni(str)
+	}
+}
+
+// readVarintByByte reads a varint without reading past it.
+func readVarintByByte(str *quic.ReceiveStream) (uint64, error) {
+	return quicvarint.Read(byteReader{str})
+}
+
+type byteReader struct{ r interface{ Read([]byte) (int, error) } }
+
+func (b byteReader) ReadByte() (byte, error) {
+	var p [1]byte
+	for {
+		n, err := b.r.Read(p[:])
+		if n == 1 {
+			return p[0], nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (sc *serverConn) handleUni(str *quic.ReceiveStream) {
+	t, err := readVarintByByte(str)
+	if err != nil {
+		return
+	}
+	sc.mu.Lock()
+	dup := sc.haveExt
+	if t == StreamType {
+		sc.haveExt = true
+	}
+	sc.mu.Unlock()
+	if t != StreamType {
+		if h := sc.s.cfg.UniStreamHandler; h != nil {
+			h(sc.conn, str, t)
+		} else {
+			str.CancelRead(0x0103)
+		}
+		return
+	}
+	if dup {
+		str.CancelRead(0x0103)
+		return
+	}
+	r := bufio.NewReader(str)
+	m, err := readMessage(r)
+	if err != nil || m.typ != MsgNegotiate {
+		str.CancelRead(0x0103)
+		return
+	}
+	neg := Strategy(m.value) & sc.s.cfg.Strategies
+	send, err := sc.conn.OpenUniStream()
+	if err != nil {
+		return
+	}
+	b := quicvarint.Append(nil, StreamType)
+	b = appendMessage(b, message{typ: MsgNegotiate, value: uint64(neg)})
+	var counted uint64
+	if neg.Has(StrategyPool) {
+		for i, t := range sc.s.cfg.Pool {
+			if i == MaxPool {
+				break
+			}
+			b = appendMessage(b, message{typ: MsgPoolMigrationAddress, addr: t})
+			counted++
+		}
+	}
+	sc.mu.Lock()
+	sc.send = send
+	sc.sent += counted
+	_, werr := send.Write(b)
+	sc.negotiated = neg
+	sc.negotiatedDone = true
+	close(sc.negotiatedCh)
+	sc.mu.Unlock()
+	if werr != nil {
+		return
+	}
+	for {
+		m, err := readMessage(r)
+		if err != nil {
+			return
+		}
+		if m.typ == MsgMigrationAck {
+			sc.mu.Lock()
+			if m.value > sc.acked && m.value <= sc.sent {
+				sc.acked = m.value
+				close(sc.ackCh)
+				sc.ackCh = make(chan struct{})
+			}
+			sc.mu.Unlock()
+		}
+	}
+}
+
+// waitNegotiated waits for the client's negotiation until accept time + timeout or ctx ends.
+func (sc *serverConn) waitNegotiated(ctx context.Context, timeout time.Duration) Strategy {
+	t := time.NewTimer(time.Until(sc.accepted.Add(timeout)))
+	defer t.Stop()
+	select {
+	case <-sc.negotiatedCh:
+	case <-t.C:
+	case <-ctx.Done():
+	case <-sc.conn.Context().Done():
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.negotiated
+}
+
+// writeLocked writes counted messages on the server stream.
+func (sc *serverConn) writeLocked(ms ...message) error {
+	if sc.send == nil {
+		return errors.New("write message: no extension stream")
+	}
+	var b []byte
+	for _, m := range ms {
+		b = appendMessage(b, m)
+	}
+	sc.sent += uint64(len(ms))
+	if _, err := sc.send.Write(b); err != nil {
+		return fmt.Errorf("write message: %w", err)
+	}
+	return nil
+}
+
+func (sc *serverConn) prepare(st Strategy, target Target) error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.prepared = st
+	ms := []message{{typ: MsgStrategy, value: uint64(st)}}
+	switch st {
+	case StrategyExplicit, StrategyExplicitReactive:
+		ms = append(ms, message{typ: MsgServerMigration, addr: target, hasAddr: true})
+	case StrategySyncSymmetric:
+		ms = append(ms, message{typ: MsgServerMigration})
+	}
+	return sc.writeLocked(ms...)
+}
+
+func (sc *serverConn) waitAcked(ctx context.Context) bool {
+	for {
+		sc.mu.Lock()
+		done := sc.acked >= sc.sent
+		ch := sc.ackCh
+		sc.mu.Unlock()
+		if done {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		case <-sc.conn.Context().Done():
+			return false
+		}
+	}
+}
+
+func (sc *serverConn) restored(newAddr Target) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	st := sc.prepared
+	sc.prepared = 0
+	if st == StrategySymmetric || st == StrategySyncSymmetric {
+		if err := sc.writeLocked(message{typ: MsgServerMigrated, addr: newAddr}); err != nil {
+			sc.s.logf("quicext: %v: %v", sc.conn.RemoteAddr(), err)
+		}
+	}
+}
+
+func (sc *serverConn) abort() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.prepared != 0 {
+		sc.prepared = 0
+		sc.writeLocked(message{typ: MsgMigrationCancel})
+	}
+}
