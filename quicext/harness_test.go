@@ -225,6 +225,12 @@ func target(ap netip.AddrPort) Target {
 }
 
 func newTestbed(t *testing.T, v6 bool, cfg ServerConfig) *testbed {
+	return newTestbedFn(t, v6, func(*testbed) ServerConfig { return cfg })
+}
+
+// newTestbedFn builds the server config after the movable conn exists (Pool needs reserved
+// addresses).
+func newTestbedFn(t *testing.T, v6 bool, cfgFn func(*testbed) ServerConfig) *testbed {
 	tb := &testbed{t: t, v6: v6}
 	addr := "127.0.0.2:0"
 	if v6 {
@@ -235,6 +241,7 @@ func newTestbed(t *testing.T, v6 bool, cfg ServerConfig) *testbed {
 		t.Fatalf("listen movable: %v", err)
 	}
 	tb.mc = mc
+	cfg := cfgFn(tb)
 	stls, _ := tlsConfs(t)
 	cfg.Logf = t.Logf
 	srv, err := NewServer(&quic.Transport{Conn: mc}, stls, testQUICConf(), cfg)

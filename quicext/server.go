@@ -473,7 +473,9 @@ func readVarintByByte(str *quic.ReceiveStream) (uint64, error) {
 	return quicvarint.Read(byteReader{str})
 }
 
-type byteReader struct{ r interface{ Read([]byte) (int, error) } }
+type byteReader struct {
+	r interface{ Read([]byte) (int, error) }
+}
 
 func (b byteReader) ReadByte() (byte, error) {
 	var p [1]byte

@@ -45,6 +45,16 @@ if [ ${#need[@]} -gt 0 ]; then
 		die "apt-get install ${need[*]} failed"
 fi
 
+# --- kernel features -------------------------------------------------------------------------------
+if ! mountpoint -q /sys/fs/bpf; then
+	log "mounting the BPF filesystem on /sys/fs/bpf (steerd pins its maps there)"
+	mount -t bpf bpf /sys/fs/bpf || die "cannot mount bpffs on /sys/fs/bpf: the kernel needs CONFIG_BPF_SYSCALL"
+fi
+[ -d /proc/sys/net/ipv4 ] || die "no IPv4 networking in this kernel"
+if [ ! -e /sys/kernel/btf/vmlinux ]; then
+	log "warning: /sys/kernel/btf/vmlinux missing (CONFIG_DEBUG_INFO_BTF off): steerd's XDP programs still load, but bpftool cannot show map layouts"
+fi
+
 # --- CRIU ----------------------------------------------------------------------------------------
 mkdir -p /etc/criu
 if ! grep -qx 'network-lock skip' /etc/criu/runc.conf 2>/dev/null; then
@@ -54,13 +64,30 @@ fi
 
 criu_ok() { "$1" check >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -Eq 'Version: (4\.([2-9]|[1-9][0-9])|[5-9])'; }
 
+# report_features tells which live-migration techniques this kernel allows (CRIU feature checks).
+report_features() {
+	local c=$1
+	if "$c" check --feature mem_dirty_track >/dev/null 2>&1; then
+		log "pre-copy: available (soft-dirty memory tracking)"
+	else
+		log "pre-copy: unavailable: no soft-dirty memory tracking (kernel option CONFIG_MEM_SOFT_DIRTY)"
+	fi
+	if "$c" check --feature uffd-noncoop >/dev/null 2>&1; then
+		log "post-copy (lazy pages): available (userfaultfd)"
+	else
+		log "post-copy (lazy pages): unavailable: needs userfaultfd with non-cooperative events (CONFIG_USERFAULTFD)"
+	fi
+}
+
 if [ -x "$WRAPPER" ] && criu_ok "$WRAPPER"; then
 	log "criu ok: $("$WRAPPER" --version | head -1) ($WRAPPER)"
+	report_features "$WRAPPER"
 	exit 0
 fi
 for c in /usr/sbin/criu /usr/bin/criu; do
 	if [ -x "$c" ] && criu_ok "$c"; then
 		log "system criu passes 'criu check': $("$c" --version | head -1)"
+		report_features "$c"
 		exit 0
 	fi
 done
@@ -141,3 +168,4 @@ if ! out=$("$WRAPPER" check 2>&1); then
 	die "criu from sid installed in $PREFIX but 'criu check' fails: $out"
 fi
 log "criu ok: $("$WRAPPER" --version | head -1); 'criu check': $out"
+report_features "$WRAPPER"
