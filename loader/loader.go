@@ -1,0 +1,341 @@
+// Package loader loads the steerd XDP objects (bpf/steer.c, bpf/pod.c,
+// bpf/pass.c, compiled by bpf2go and committed), sets their load-time
+// constants, shares the maps between them, pins the maps per network
+// namespace and attaches programs to interfaces.
+//
+// Pinning follows cloudflare/tubular: state for the network namespace with
+// inode N lives in <root>/<N>/ (root defaults to /sys/fs/bpf/steerd); a fresh
+// set of maps is pinned into a temporary directory next to it and renamed
+// into place, so a reader never sees a half-populated directory.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinRoot is where per-netns pin directories are created.
+const DefaultPinRoot = "/sys/fs/bpf/steerd"
+
+// MaxServerIDLen is the longest server ID the XDP parser reads (bytes;
+// QUIC-LB draft-21 section 3 allows 1..15, steerd uses 1..6).
+const MaxServerIDLen = 6
+
+// Sentinel errors.
+var (
+	// ErrOptions reports an invalid Options field.
+	ErrOptions = errors.New("invalid loader options")
+	// ErrNotBPFFS reports a pin directory that is not on a bpf filesystem.
+	ErrNotBPFFS = errors.New("not on a bpf filesystem")
+)
+
+// Options are the load-time constants (const volatile globals in bpf/*.c)
+// and the pinning location.
+type Options struct {
+	// ServerIDLen is the QUIC-LB server ID length in bytes (1..6), the
+	// bytes after the first DCID octet that name an instance (sid_len).
+	ServerIDLen int
+	// TunnelPort is the UDP port of the node-to-node tunnel (tunnel_port);
+	// 0 disables encapsulation and decapsulation.
+	TunnelPort uint16
+	// UplinkMTU is the uplink MTU in bytes (uplink_mtu): an encapsulated
+	// packet longer than this is dropped and counted drop_too_big.
+	// 0 means 1500.
+	UplinkMTU int
+	// Node4 and Node6 are this node's addresses used as the outer source
+	// of encapsulated packets (node4/node6); either may be invalid (unset).
+	Node4, Node6 netip.Addr
+	// PinDir, when set, is the directory the maps are pinned in (usually
+	// PinDirFor(DefaultPinRoot)). Maps already pinned there are reused, so
+	// routing state survives a daemon restart.
+	PinDir string
+}
+
+// Maps are the maps shared by the steer and pod programs (bpf/maps.h).
+type Maps struct {
+	Services  *ebpf.Map // services: struct svc_key -> struct svc_val
+	Instances *ebpf.Map // instances: u64 server ID -> struct instance_val
+	Clients   *ebpf.Map // clients (LRU): struct client_key -> struct client_val
+	Peers     *ebpf.Map // peers: u32 peer id -> struct peer_val
+	PeerAddrs *ebpf.Map // peer_addrs: struct addr_key -> u32 peer id
+	Egress    *ebpf.Map // egress: struct egress_key -> struct egress_val
+	Counters  *ebpf.Map // counters (per-CPU array): enum steer_reason -> u64
+}
+
+// Objects are the loaded programs and maps. Close releases the file
+// descriptors; pinned maps stay pinned.
+type Objects struct {
+	Steer *ebpf.Program // xdp_steer, for the uplink
+	Pod   *ebpf.Program // xdp_pod, for pod host-side veths
+	Pass  *ebpf.Program // xdp_pass, for veth peers that receive redirected frames
+	Parse *ebpf.Program // xdp_parse, bare parse-and-pass (benchmark baseline)
+	Maps  Maps
+}
+
+// Close closes all programs and maps.
+func (o *Objects) Close() error {
+	var errs []error
+	for _, c := range []interface{ Close() error }{o.Steer, o.Pod, o.Pass, o.Parse,
+		o.Maps.Services, o.Maps.Instances, o.Maps.Clients, o.Maps.Peers,
+		o.Maps.PeerAddrs, o.Maps.Egress, o.Maps.Counters} {
+		switch v := c.(type) {
+		case *ebpf.Program:
+			if v != nil {
+				errs = append(errs, v.Close())
+			}
+		case *ebpf.Map:
+			if v != nil {
+				errs = append(errs, v.Close())
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SteerSpec returns the collection spec of bpf/steer.c (for BTF checks).
+func SteerSpec() (*ebpf.CollectionSpec, error) { return loadSteer() }
+
+// mapNames lists the shared maps by their C names.
+var mapNames = []string{"services", "instances", "clients", "peers", "peer_addrs", "egress", "counters"}
+
+func (o Options) validate() error {
+	if o.ServerIDLen < 1 || o.ServerIDLen > MaxServerIDLen {
+		return fmt.Errorf("%w: server ID length %d not in 1..%d", ErrOptions, o.ServerIDLen, MaxServerIDLen)
+	}
+	if o.UplinkMTU < 0 || o.UplinkMTU > 65535 {
+		return fmt.Errorf("%w: uplink MTU %d", ErrOptions, o.UplinkMTU)
+	}
+	if o.Node4.IsValid() && !o.Node4.Is4() {
+		return fmt.Errorf("%w: Node4 %s is not IPv4", ErrOptions, o.Node4)
+	}
+	if o.Node6.IsValid() && (!o.Node6.Is6() || o.Node6.Is4In6()) {
+		return fmt.Errorf("%w: Node6 %s is not IPv6", ErrOptions, o.Node6)
+	}
+	return nil
+}
+
+// Load loads all programs with the constants from opts. With opts.PinDir
+// set, maps pinned there are reused, otherwise new maps are pinned there
+// (temp directory + rename). Verifier errors carry the full verifier log.
+func Load(opts Options) (*Objects, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	mtu := opts.UplinkMTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	spec, err := loadSteer()
+	if err != nil {
+		return nil, fmt.Errorf("load steer spec: %w", err)
+	}
+	consts := map[string]any{
+		"sid_len":     uint32(opts.ServerIDLen),
+		"tunnel_port": opts.TunnelPort,
+		"uplink_mtu":  uint32(mtu),
+	}
+	if opts.Node4.IsValid() {
+		a := opts.Node4.As4()
+		consts["node4"] = uint32(a[0]) | uint32(a[1])<<8 | uint32(a[2])<<16 | uint32(a[3])<<24 // network order in memory (bpfel)
+		consts["has_node4"] = uint8(1)
+	}
+	if opts.Node6.IsValid() {
+		consts["node6"] = opts.Node6.As16()
+		consts["has_node6"] = uint8(1)
+	}
+	if err := setConsts(spec, consts); err != nil {
+		return nil, err
+	}
+
+	var pinned map[string]*ebpf.Map
+	if opts.PinDir != "" {
+		pinned, err = loadPinned(opts.PinDir)
+		if err != nil {
+			return nil, err
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+	closePinned(pinned)
+	if err != nil {
+		return nil, verifierError("load steer", err)
+	}
+	o := &Objects{
+		Steer: coll.DetachProgram("xdp_steer"),
+		Maps: Maps{
+			Services:  coll.DetachMap("services"),
+			Instances: coll.DetachMap("instances"),
+			Clients:   coll.DetachMap("clients"),
+			Peers:     coll.DetachMap("peers"),
+			PeerAddrs: coll.DetachMap("peer_addrs"),
+			Egress:    coll.DetachMap("egress"),
+			Counters:  coll.DetachMap("counters"),
+		},
+	}
+	coll.Close()
+
+	shared := map[string]*ebpf.Map{
+		"services": o.Maps.Services, "instances": o.Maps.Instances, "clients": o.Maps.Clients,
+		"peers": o.Maps.Peers, "peer_addrs": o.Maps.PeerAddrs, "egress": o.Maps.Egress,
+		"counters": o.Maps.Counters,
+	}
+	podSpec, err := loadPod()
+	if err != nil {
+		o.Close()
+		return nil, fmt.Errorf("load pod spec: %w", err)
+	}
+	if err := setConsts(podSpec, consts); err != nil {
+		o.Close()
+		return nil, err
+	}
+	podColl, err := ebpf.NewCollectionWithOptions(podSpec, ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		o.Close()
+		return nil, verifierError("load pod", err)
+	}
+	o.Pod = podColl.DetachProgram("xdp_pod")
+	podColl.Close()
+
+	passSpec, err := loadPass()
+	if err != nil {
+		o.Close()
+		return nil, fmt.Errorf("load pass spec: %w", err)
+	}
+	if err := setConsts(passSpec, map[string]any{"sid_len": uint32(opts.ServerIDLen)}); err != nil {
+		o.Close()
+		return nil, err
+	}
+	passColl, err := ebpf.NewCollection(passSpec)
+	if err != nil {
+		o.Close()
+		return nil, verifierError("load pass", err)
+	}
+	o.Pass = passColl.DetachProgram("xdp_pass")
+	o.Parse = passColl.DetachProgram("xdp_parse")
+	passColl.Close()
+
+	if opts.PinDir != "" && pinned == nil {
+		if err := pinAll(opts.PinDir, shared); err != nil {
+			o.Close()
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+func setConsts(spec *ebpf.CollectionSpec, consts map[string]any) error {
+	for name, v := range consts {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			continue
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("set constant %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// verifierError wraps err and appends the full verifier log (%+v).
+func verifierError(what string, err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%s: %w\nverifier log:\n%+v", what, err, ve)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// PinDirFor returns <root>/<inode of the calling thread's network namespace>.
+func PinDirFor(root string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return "", fmt.Errorf("stat network namespace: %w", err)
+	}
+	return filepath.Join(root, strconv.FormatUint(st.Ino, 10)), nil
+}
+
+// EnsureBPFFS mounts a bpf filesystem at mountpoint unless one is there.
+func EnsureBPFFS(mountpoint string) error {
+	if err := os.MkdirAll(mountpoint, 0o755); err != nil {
+		return fmt.Errorf("create bpffs mountpoint: %w", err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(mountpoint, &fs); err != nil {
+		return fmt.Errorf("statfs %s: %w", mountpoint, err)
+	}
+	if fs.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpf", mountpoint, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", mountpoint, err)
+	}
+	return nil
+}
+
+// loadPinned returns the maps pinned in dir, or nil when dir does not exist.
+func loadPinned(dir string) (map[string]*ebpf.Map, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	out := make(map[string]*ebpf.Map, len(mapNames))
+	for _, n := range mapNames {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, n), nil)
+		if err != nil {
+			closePinned(out)
+			return nil, fmt.Errorf("load pinned map %s: %w", n, err)
+		}
+		out[n] = m
+	}
+	return out, nil
+}
+
+func closePinned(m map[string]*ebpf.Map) {
+	for _, v := range m {
+		v.Close()
+	}
+}
+
+// pinAll pins maps into a temporary directory beside dir and renames it to
+// dir (tubular style). dir's parent must be on a bpf filesystem.
+func pinAll(dir string, maps map[string]*ebpf.Map) error {
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return fmt.Errorf("create pin parent: %w", err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(parent, &fs); err != nil {
+		return fmt.Errorf("statfs %s: %w", parent, err)
+	}
+	if fs.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin maps in %s: %w", parent, ErrNotBPFFS)
+	}
+	tmp, err := os.MkdirTemp(parent, "tmp-") // bpffs forbids "." in names
+	if err != nil {
+		return fmt.Errorf("create temp pin dir: %w", err)
+	}
+	for name, m := range maps {
+		if err := m.Pin(filepath.Join(tmp, name)); err != nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("rename pin dir into place: %w", err)
+	}
+	return nil
+}
+
+// Unpin removes a pin directory created by Load.
+func Unpin(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove pin dir: %w", err)
+	}
+	return nil
+}
