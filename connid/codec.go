@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // InstanceID names a service instance: the QUIC-LB server ID read as a
@@ -221,9 +222,10 @@ func (c *Codec) decodeInto(sid, cid []byte) (int, error) {
 	case c.block == nil:
 		copy(sid, body[:n])
 	case c.plainLen == aes.BlockSize:
-		var pt [aes.BlockSize]byte
-		c.block.Decrypt(pt[:], body)
-		copy(sid, pt[:n])
+		sc := scratchPool.Get().(*scratch)
+		c.block.Decrypt(sc[:aes.BlockSize], body)
+		copy(sid, sc[:n])
+		scratchPool.Put(sc)
 	default:
 		c.fourPassDecryptServerID(sid[:n], body)
 	}
@@ -243,17 +245,29 @@ type half [maxHalf]byte
 // round XORs into dst the first halfLen bytes of
 // AES-ECB(key, expand(plainLen, pass, src)), where expand yields
 // src[:halfLen] || zeros || plainLen (octet 14) || pass (octet 15).
-func (c *Codec) round(dst, src *half, pass byte) {
+//
+// scratch holds the AES input and output blocks; it is passed in because
+// buffers handed to cipher.Block escape to the heap, so each four-pass
+// operation pays for one scratch buffer rather than one per round.
+func (c *Codec) round(scratch *scratch, dst, src *half, pass byte) {
 	h := (c.plainLen + 1) / 2
-	var in, out [aes.BlockSize]byte
+	in, out := scratch[:aes.BlockSize], scratch[aes.BlockSize:]
+	clear(in)
 	copy(in[:h], src[:h])
 	in[14] = byte(c.plainLen)
 	in[15] = pass
-	c.block.Encrypt(out[:], in[:])
+	c.block.Encrypt(out, in)
 	for i := 0; i < h; i++ {
 		dst[i] ^= out[i]
 	}
 }
+
+// scratch is the AES input block followed by the output block.
+type scratch [2 * aes.BlockSize]byte
+
+// scratchPool recycles scratch buffers so that four-pass operations do not
+// allocate.
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 // split loads b (plainLen bytes) into left and right halves, clearing the
 // nibbles that belong to the other half when plainLen is odd.
@@ -296,14 +310,16 @@ func (c *Codec) join(b []byte, l, r *half) {
 // fourPassEncrypt encrypts body (plainLen bytes) in place, steps 1-12 of
 // QUIC-LB section 5.4.2.
 func (c *Codec) fourPassEncrypt(body []byte) {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
 	l, r := c.split(body)
-	c.round(&r, &l, 1)
+	c.round(sc, &r, &l, 1)
 	c.clearRight(&r)
-	c.round(&l, &r, 2)
+	c.round(sc, &l, &r, 2)
 	c.clearLeft(&l)
-	c.round(&r, &l, 3)
+	c.round(sc, &r, &l, 3)
 	c.clearRight(&r)
-	c.round(&l, &r, 4)
+	c.round(sc, &l, &r, 4)
 	c.clearLeft(&l)
 	c.join(body, &l, &r)
 }
@@ -312,18 +328,20 @@ func (c *Codec) fourPassEncrypt(body []byte) {
 // (plainLen bytes): three passes, and a fourth only when the server ID is
 // longer than the nonce (QUIC-LB section 5.5.2).
 func (c *Codec) fourPassDecryptServerID(sid, body []byte) {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
 	l, r := c.split(body)
-	c.round(&l, &r, 4)
+	c.round(sc, &l, &r, 4)
 	c.clearLeft(&l)
-	c.round(&r, &l, 3)
+	c.round(sc, &r, &l, 3)
 	c.clearRight(&r)
-	c.round(&l, &r, 2)
+	c.round(sc, &l, &r, 2)
 	c.clearLeft(&l)
 	if len(sid) <= c.plainLen/2 {
 		copy(sid, l[:len(sid)])
 		return
 	}
-	c.round(&r, &l, 1)
+	c.round(sc, &r, &l, 1)
 	c.clearRight(&r)
 	var pt [MaxCIDLen]byte
 	c.join(pt[:c.plainLen], &l, &r)
@@ -333,14 +351,16 @@ func (c *Codec) fourPassDecryptServerID(sid, body []byte) {
 // fourPassDecrypt decrypts body (plainLen bytes) in place, all four passes;
 // the tests use it to recover the nonce too.
 func (c *Codec) fourPassDecrypt(body []byte) {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
 	l, r := c.split(body)
-	c.round(&l, &r, 4)
+	c.round(sc, &l, &r, 4)
 	c.clearLeft(&l)
-	c.round(&r, &l, 3)
+	c.round(sc, &r, &l, 3)
 	c.clearRight(&r)
-	c.round(&l, &r, 2)
+	c.round(sc, &l, &r, 2)
 	c.clearLeft(&l)
-	c.round(&r, &l, 1)
+	c.round(sc, &r, &l, 1)
 	c.clearRight(&r)
 	c.join(body, &l, &r)
 }

@@ -37,17 +37,26 @@
 // # The XDP datapath
 //
 // The BPF program in bpf/ decodes plaintext CIDs only: it checks octet 0
-// (config rotation and self-encoded length) and reads the server ID bytes.
-// Decoding encrypted CIDs in XDP would need AES, which BPF programs cannot
-// call: there is no AES helper or kfunc for XDP, and a bounded-loop
-// software AES per packet is beyond what the verifier and the per-packet
-// budget allow. It would need either a kfunc (a kernel module exposing
-// AES-ECB) or, because the four-pass decoder only ever encrypts
-// expand(half, pass) blocks, precomputed tables per key (one per pass, indexed
-// by the half, feasible only for very short halves). So steerd's datapath
-// uses plaintext CIDs, and the encrypted modes here serve Go-side consumers
-// (for instance a user-space load balancer or tests of interoperability with
-// other QUIC-LB implementations).
+// (config rotation and self-encoded length) and reads the server ID bytes,
+// exactly as RouteInfo does. BPF has no AES instruction or helper, and a
+// software AES with bounded loops per packet is beyond a sensible XDP budget.
+// Decoding encrypted CIDs in XDP would need one of:
+//   - the bpf_crypto kfuncs (kernel/bpf/crypto.c, Linux 6.10+, callable from
+//     XDP; present on the 6.18 kernels steerd runs on): an "ecb(aes)"
+//     skcipher context created by bpf_crypto_ctx_create from a
+//     BPF_PROG_TYPE_SYSCALL program, kept as a kptr in a map, and
+//     bpf_crypto_encrypt over dynptrs, three or four calls per packet for
+//     four-pass (each pass is one AES encryption of expand(half, pass)), one
+//     bpf_crypto_decrypt for single pass; it depends on kernel crypto config;
+//   - precomputed tables per key: the four-pass decoder only ever encrypts
+//     expand(half, pass), so one table per pass indexed by the half could
+//     replace AES; with 3-byte halves that is 2^24 entries (48 MiB) per
+//     pass, but steerd's shortest CID (8 bytes) already has 4-byte halves,
+//     2^32 entries per pass, which no map can hold.
+//
+// So steerd's datapath uses plaintext CIDs, and the encrypted modes here
+// serve Go-side consumers (a user-space load balancer, interoperability
+// tests against other QUIC-LB implementations).
 //
 // Test vectors shared with the datapath's tests are in TestVectors, and the
 // Append* builders lay out packets byte by byte for both sides.
