@@ -254,7 +254,7 @@ func parseToDCID(pkt []byte, shortLen int) (Header, int, error) {
 				return Header{}, 0, fmt.Errorf("parse header: self-encoded DCID length %d: %w", n, ErrInvalidHeader)
 			}
 		case n < 0 || n > MaxCIDLen:
-			return Header{}, 0, fmt.Errorf("parse header: %d: %w", n, ErrBadDCIDLen)
+			return Header{}, 0, fmt.Errorf("parse header: short-header DCID length argument %d: %w", n, ErrBadDCIDLen)
 		}
 		if len(pkt)-1 < n {
 			return Header{}, 0, fmt.Errorf("parse header: short-header DCID of %d bytes: %w", n, ErrTruncated)
