@@ -325,3 +325,7 @@ func (s *Store) Serve(rw io.ReadWriter) error {
 		}
 	}
 }
+
+// ALPN is the TLS application-layer protocol ID (RFC 7301) of this protocol, over QUIC (RFC 9001
+// section 8.1) or TLS over TCP.
+const ALPN = "steerd-kv"
