@@ -132,6 +132,13 @@ type ClientConn struct {
 	migCancel  context.CancelFunc
 	migGen     int
 	migrating  bool
+
+	send        *quic.SendStream
+	sendMu      sync.Mutex // serialises writes on send
+	pingSeq     uint64
+	pongSeq     uint64
+	pingSince   time.Time // send time of the oldest unanswered ping; zero if none
+	lastPingOut time.Time
 }
 
 // Dial opens a UDP socket, dials addr with quic-go and starts the extension. quicConf must not
@@ -238,7 +245,11 @@ func (c *ClientConn) run() {
 	}
 	b := quicvarint.Append(nil, StreamType)
 	b = appendMessage(b, message{typ: MsgNegotiate, value: uint64(c.opts.Strategies)})
-	if _, err := send.Write(b); err != nil {
+	c.sendMu.Lock()
+	c.send = send
+	_, err = send.Write(b)
+	c.sendMu.Unlock()
+	if err != nil {
 		return
 	}
 	go c.silenceLoop(ctx)
@@ -286,6 +297,17 @@ func (c *ClientConn) readServer(str *quic.ReceiveStream, send *quic.SendStream) 
 			c.emit(Event{Kind: EventNegotiated, Strategy: neg})
 			continue
 		}
+		if m.typ == MsgPong {
+			c.mu.Lock()
+			if m.value > c.pongSeq && m.value <= c.pingSeq {
+				c.pongSeq = m.value
+				if c.pongSeq == c.pingSeq {
+					c.pingSince = time.Time{}
+				}
+			}
+			c.mu.Unlock()
+			continue
+		}
 		c.mu.Lock()
 		negDone := c.negDone
 		c.mu.Unlock()
@@ -301,7 +323,10 @@ func (c *ClientConn) readServer(str *quic.ReceiveStream, send *quic.SendStream) 
 			count++
 			// The acknowledgement goes out before a hold starts (see handle).
 			ack := appendMessage(nil, message{typ: MsgMigrationAck, value: count})
-			if _, err := send.Write(ack); err != nil {
+			c.sendMu.Lock()
+			_, err := send.Write(ack)
+			c.sendMu.Unlock()
+			if err != nil {
 				return
 			}
 		}
@@ -436,7 +461,11 @@ func (c *ClientConn) silenceThreshold() time.Duration {
 }
 
 // silenceLoop is the reactive detector: it triggers probing of the Explicit-reactive address,
-// else of the pool, when the active path has gone unanswered longer than the threshold.
+// else of the pool, when the active path has gone unanswered longer than the threshold. Two
+// signals: (1) at least two packets written and none read for the threshold (a frozen server);
+// (2) while a reactive or Pool migration is announced, a MsgPing on the extension stream every
+// MinSilence/2 whose MsgPong has not come back within the threshold (a restored server that
+// reaches the client while the client's packets still go to the dead address).
 func (c *ClientConn) silenceLoop(ctx context.Context) {
 	tick := time.NewTicker(c.opts.MinSilence / 4)
 	defer tick.Stop()
@@ -453,8 +482,15 @@ func (c *ClientConn) silenceLoop(ctx context.Context) {
 		if busy || !neg.Has(StrategyExplicitReactive) && !neg.Has(StrategyPool) {
 			continue
 		}
+		armed := st == StrategyExplicitReactive || st == StrategyPool
+		thr := c.silenceThreshold()
 		silent := pc.silentFor()
-		if silent == 0 || silent < c.silenceThreshold() {
+		if armed {
+			if ps := c.pingSilence(); ps > silent {
+				silent = ps
+			}
+		}
+		if silent == 0 || silent < thr {
 			continue
 		}
 		var cands []netip.AddrPort
@@ -469,6 +505,35 @@ func (c *ClientConn) silenceLoop(ctx context.Context) {
 		c.emit(Event{Kind: EventSilence, Silence: silent})
 		c.startMigration(cands)
 	}
+}
+
+// pingSilence sends a MsgPing when due and returns the age of the oldest unanswered one.
+func (c *ClientConn) pingSilence() time.Duration {
+	now := time.Now()
+	c.mu.Lock()
+	due := now.Sub(c.lastPingOut) >= c.opts.MinSilence/2
+	var seq uint64
+	if due {
+		c.pingSeq++
+		seq = c.pingSeq
+		c.lastPingOut = now
+		if c.pingSince.IsZero() {
+			c.pingSince = now
+		}
+	}
+	since := c.pingSince
+	c.mu.Unlock()
+	if due {
+		c.sendMu.Lock()
+		if c.send != nil {
+			c.send.Write(appendMessage(nil, message{typ: MsgPing, value: seq}))
+		}
+		c.sendMu.Unlock()
+	}
+	if since.IsZero() {
+		return 0
+	}
+	return now.Sub(since)
 }
 
 // startMigration cancels a running migration attempt and starts one over cands.
@@ -499,7 +564,6 @@ func (c *ClientConn) startMigration(cands []netip.AddrPort) {
 }
 
 type probePath struct {
-	addr netip.AddrPort
 	pc   *pathConn
 	tr   *quic.Transport
 	path *quic.Path
@@ -508,32 +572,37 @@ type probePath struct {
 // migrate probes cands in turn, one PATH_CHALLENGE per candidate per round, with a wait that
 // doubles per round (MinProbeInterval..MaxProbeInterval), and switches to the first one whose
 // PATH_RESPONSE arrives (quic-go validates it, RFC 9000 section 8.2). It never switches to an
-// unvalidated path.
+// unvalidated path: every Probe starts a fresh challenge (quic-go forgets the earlier ones), so
+// only the candidate probed in that attempt can validate it.
+//
+// One quic.Path (one new local socket, one new connection ID) serves the whole attempt: the
+// destination rotates over the candidates. The server's spare connection IDs are few (quic-go
+// advertises active_connection_id_limit 4) and no new ones arrive while the active path is dead,
+// so a path per candidate would run out. This sends one connection ID to several addresses of
+// the same service, which RFC 9000 section 9.5 discourages for linkability; the addresses were
+// all announced by the server itself over the encrypted extension stream.
 func (c *ClientConn) migrate(ctx context.Context, cands []netip.AddrPort) error {
-	paths := make([]*probePath, len(cands))
+	var p *probePath
 	defer func() {
-		for _, p := range paths {
-			if p != nil && p.path != nil {
-				p.path.Close() // no-op error for the active path
-			}
+		if p != nil && p.path != nil {
+			p.path.Close()
 		}
 	}()
 	wait := c.opts.MinProbeInterval
 	attempt := 0
 	for {
 		attempt++
-		for i, a := range cands {
+		for _, a := range cands {
 			if ctx.Err() != nil {
 				return fmt.Errorf("migrate to %v: %w", cands, ErrNoValidPath)
 			}
-			if paths[i] == nil {
-				p, err := c.addPath(a)
-				if err != nil {
+			if p == nil {
+				var err error
+				if p, err = c.addPath(a); err != nil {
 					return fmt.Errorf("migrate to %v: %w", a, err)
 				}
-				paths[i] = p
 			}
-			p := paths[i]
+			p.pc.dst.Store(net.UDPAddrFromAddrPort(a))
 			c.emit(Event{Kind: EventProbing, Addr: a, Attempt: attempt})
 			pctx, cancel := context.WithTimeout(ctx, wait)
 			err := p.path.Probe(pctx)
@@ -548,17 +617,16 @@ func (c *ClientConn) migrate(ctx context.Context, cands []netip.AddrPort) error 
 				continue
 			}
 			c.mu.Lock()
-			if ctx.Err() != nil {
-				// superseded after validation: still switched, record it
-			}
 			oldPath := c.activePath
 			c.activePath = p.path
 			c.active = p.pc
 			c.server = a
 			c.strategy = 0
 			c.explicit = netip.AddrPort{}
+			c.pingSince = time.Time{}
+			c.pongSeq = c.pingSeq
 			c.mu.Unlock()
-			paths[i] = nil // keep it open: it is active now
+			p = nil // active now: keep it open
 			if oldPath != nil {
 				oldPath.Close()
 			}
@@ -584,5 +652,5 @@ func (c *ClientConn) addPath(a netip.AddrPort) (*probePath, error) {
 	c.mu.Lock()
 	c.transports = append(c.transports, tr)
 	c.mu.Unlock()
-	return &probePath{addr: a, pc: pc, tr: tr, path: path}, nil
+	return &probePath{pc: pc, tr: tr, path: path}, nil
 }

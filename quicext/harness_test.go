@@ -54,7 +54,7 @@ func tlsConfs(t testing.TB) (*tls.Config, *tls.Config) {
 }
 
 func testQUICConf() *quic.Config {
-	return &quic.Config{MaxIdleTimeout: 3 * time.Second, HandshakeIdleTimeout: 2 * time.Second}
+	return &quic.Config{MaxIdleTimeout: 10 * time.Second, HandshakeIdleTimeout: 5 * time.Second}
 }
 
 // serveEcho accepts connections and echoes every bidirectional stream.
@@ -270,7 +270,7 @@ func (tb *testbed) dial(n int, opts ClientOptions, interval time.Duration) {
 	errs := make(chan error, n)
 	for range n {
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := Dial(ctx, tb.mc.Addr().String(), ctls, testQUICConf(), opts)
 			if err != nil {
@@ -289,9 +289,21 @@ func (tb *testbed) dial(n int, opts ClientOptions, interval time.Duration) {
 	for err := range errs {
 		tb.t.Fatalf("dial: %v", err)
 	}
-	waitFor(tb.t, 5*time.Second, "negotiation", func() bool {
-		for _, c := range tb.clients {
-			if c.Negotiated() == 0 {
+	defer func() {
+		if tb.t.Failed() {
+			n := 0
+			for _, c := range tb.clients {
+				if c.Negotiated() == 0 {
+					n++
+					tb.t.Logf("not negotiated: %v ctx=%v", c.Conn.LocalAddr(), c.Conn.Context().Err())
+				}
+			}
+			tb.t.Logf("not negotiated %d/%d; server status %+v", n, len(tb.clients), tb.srv.Status())
+		}
+	}()
+	waitFor(tb.t, 10*time.Second, "negotiation and echo", func() bool {
+		for i, c := range tb.clients {
+			if c.Negotiated() == 0 || tb.echoes[i].received() < 2 {
 				return false
 			}
 		}
@@ -324,7 +336,7 @@ func (tb *testbed) move(i int, st Strategy, freeze time.Duration, newAddr netip.
 	if err := tb.srv.Restored(ctx, target(newAddr)); err != nil {
 		t.Fatalf("restored: %v", err)
 	}
-	waitFor(t, 8*time.Second, fmt.Sprintf("clients switched to %v", newAddr), func() bool {
+	waitFor(t, 15*time.Second, fmt.Sprintf("clients switched to %v", newAddr), func() bool {
 		for _, c := range tb.clients {
 			if c.ServerAddr() != newAddr {
 				return false

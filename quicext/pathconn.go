@@ -15,7 +15,7 @@ import (
 // It also records what the silence detector needs and implements the Synchronized Symmetric hold.
 type pathConn struct {
 	pc       net.PacketConn
-	dst      *net.UDPAddr
+	dst      atomic.Pointer[net.UDPAddr]
 	reportAs net.Addr
 	epoch    time.Time
 
@@ -30,7 +30,9 @@ type pathConn struct {
 }
 
 func newPathConn(pc net.PacketConn, dst *net.UDPAddr, reportAs net.Addr) *pathConn {
-	return &pathConn{pc: pc, dst: dst, reportAs: reportAs, epoch: time.Now()}
+	p := &pathConn{pc: pc, reportAs: reportAs, epoch: time.Now()}
+	p.dst.Store(dst)
+	return p
 }
 
 func (p *pathConn) now() int64 { return int64(time.Since(p.epoch)) + 1 }
@@ -60,7 +62,7 @@ func (p *pathConn) WriteTo(b []byte, _ net.Addr) (int, error) {
 	}
 	p.firstUnanswered.CompareAndSwap(0, p.now())
 	p.writesSinceRead.Add(1)
-	return p.pc.WriteTo(b, p.dst)
+	return p.pc.WriteTo(b, p.dst.Load())
 }
 
 // silentFor returns how long writes have gone unanswered (0 if fewer than two writes since

@@ -552,6 +552,14 @@ func (sc *serverConn) handleUni(str *quic.ReceiveStream) {
 		if err != nil {
 			return
 		}
+		if m.typ == MsgPing {
+			sc.mu.Lock()
+			_, err := sc.send.Write(appendMessage(nil, message{typ: MsgPong, value: m.value}))
+			sc.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
 		if m.typ == MsgMigrationAck {
 			sc.mu.Lock()
 			if m.value > sc.acked && m.value <= sc.sent {

@@ -80,6 +80,22 @@ func (s Strategy) String() string {
 // MarshalText implements encoding.TextMarshaler (JSON uses the names).
 func (s Strategy) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler: names joined with "|", or "none".
+func (s *Strategy) UnmarshalText(b []byte) error {
+	*s = 0
+	if string(b) == "none" || len(b) == 0 {
+		return nil
+	}
+	for _, part := range strings.Split(string(b), "|") {
+		one, err := ParseStrategy(part)
+		if err != nil {
+			return err
+		}
+		*s |= one
+	}
+	return nil
+}
+
 // Has reports whether every bit of o is in s.
 func (s Strategy) Has(o Strategy) bool { return o != 0 && s&o == o }
 

@@ -44,6 +44,12 @@ const (
 	// MsgMigrationCancel (0x36) body: empty. Server to client on Abort: forget the announced
 	// address, release held sends.
 	MsgMigrationCancel uint64 = 0x36
+	// MsgPing (0x37) body: sequence number (varint). Client to server while a reactive or Pool
+	// migration is announced: liveness probe of the active path (not counted by MsgMigrationAck).
+	MsgPing uint64 = 0x37
+	// MsgPong (0x38) body: the sequence number of the MsgPing it answers (varint). Server to
+	// client (not counted by MsgMigrationAck).
+	MsgPong uint64 = 0x38
 )
 
 // AddressBodyLen is the length in bytes of an address body:
@@ -123,7 +129,7 @@ func parseAddressBody(b []byte) (Target, error) {
 // message is one decoded extension message.
 type message struct {
 	typ   uint64
-	value uint64 // MsgNegotiate, MsgStrategy, MsgMigrationAck
+	value uint64 // MsgNegotiate, MsgStrategy, MsgMigrationAck, MsgPing, MsgPong
 	addr  Target // MsgServerMigration (if hasAddr), MsgServerMigrated, MsgPoolMigrationAddress
 	// hasAddr is false for an empty SERVER_MIGRATION (Synchronized Symmetric).
 	hasAddr bool
@@ -133,7 +139,7 @@ type message struct {
 func appendMessage(b []byte, m message) []byte {
 	var body []byte
 	switch m.typ {
-	case MsgNegotiate, MsgStrategy, MsgMigrationAck:
+	case MsgNegotiate, MsgStrategy, MsgMigrationAck, MsgPing, MsgPong:
 		body = quicvarint.Append(nil, m.value)
 	case MsgServerMigration:
 		if m.hasAddr {
@@ -167,7 +173,7 @@ func readMessage(r *bufio.Reader) (message, error) {
 	}
 	m := message{typ: typ}
 	switch typ {
-	case MsgNegotiate, MsgStrategy, MsgMigrationAck:
+	case MsgNegotiate, MsgStrategy, MsgMigrationAck, MsgPing, MsgPong:
 		v, n, err := quicvarint.Parse(body)
 		if err != nil || n != len(body) {
 			return message{}, fmt.Errorf("read message type %#x: %w", typ, ErrMalformed)

@@ -1,0 +1,216 @@
+package quicext
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// DefaultControlAddr is the address of the control endpoint inside the service container: the
+// abstract unix socket "@steerd-quicext" (Linux, unix(7)). Abstract sockets belong to a network
+// namespace, so steerd reaches it by entering the pod's network namespace; CRIU checkpoints and
+// restores a listening abstract unix socket (criu.org/External_UNIX_socket notes the abstract
+// namespace is supported for listening sockets).
+const DefaultControlAddr = "@steerd-quicext"
+
+// ErrControl is wrapped by ControlClient errors that the endpoint reported.
+var ErrControl = errors.New("quicext: control request failed")
+
+// ControlRequest is one request to the control endpoint: one JSON object on one line, one
+// request per connection.
+//
+//	{"op":"prepare","target":{"ipv4":"198.18.21.2:4433","ipv6":"[2001:2:0:21::2]:4433"},
+//	 "strategy":"symmetric","timeout_ms":2000,"close_unsupported":false}
+//	{"op":"restored","target":{...}}   {"op":"abort"}   {"op":"status"}
+type ControlRequest struct {
+	Op               string `json:"op"`
+	Target           Target `json:"target,omitzero"`
+	Strategy         string `json:"strategy,omitempty"`
+	TimeoutMS        int    `json:"timeout_ms,omitempty"`
+	CloseUnsupported bool   `json:"close_unsupported,omitempty"`
+}
+
+// ControlResponse is the one-line JSON answer. OK is false with Error set on failure;
+// Readiness is set for prepare, Status for status.
+type ControlResponse struct {
+	OK        bool       `json:"ok"`
+	Error     string     `json:"error,omitempty"`
+	Readiness *Readiness `json:"readiness,omitempty"`
+	Status    *Status    `json:"status,omitempty"`
+}
+
+// ServeControl serves the control protocol on l until l is closed; it returns the Accept error.
+// Default prepare timeout: 2000 ms; default strategy: symmetric.
+func ServeControl(l net.Listener, s *Server) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go serveControlConn(c, s)
+	}
+}
+
+func serveControlConn(c net.Conn, s *Server) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	var resp ControlResponse
+	var req ControlRequest
+	if err == nil {
+		err = json.Unmarshal(line, &req)
+	}
+	if err == nil {
+		resp, err = handleControl(s, req)
+	}
+	if err != nil {
+		resp = ControlResponse{Error: err.Error()}
+	} else {
+		resp.OK = true
+	}
+	b, _ := json.Marshal(resp)
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	c.Write(append(b, '\n'))
+}
+
+func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
+	switch req.Op {
+	case "prepare":
+		st := StrategySymmetric
+		if req.Strategy != "" {
+			var err error
+			if st, err = ParseStrategy(req.Strategy); err != nil {
+				return ControlResponse{}, err
+			}
+		}
+		to := time.Duration(req.TimeoutMS) * time.Millisecond
+		if to <= 0 {
+			to = 2 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), to)
+		defer cancel()
+		r, err := s.PrepareWith(ctx, req.Target, func(*quic.Conn) Strategy { return st },
+			PrepareOptions{CloseUnsupported: req.CloseUnsupported})
+		if err != nil {
+			return ControlResponse{}, err
+		}
+		return ControlResponse{Readiness: &r}, nil
+	case "restored":
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return ControlResponse{}, s.Restored(ctx, req.Target)
+	case "abort":
+		return ControlResponse{}, s.Abort()
+	case "status":
+		st := s.Status()
+		return ControlResponse{Status: &st}, nil
+	}
+	return ControlResponse{}, fmt.Errorf("handle control op %q: unknown op", req.Op)
+}
+
+// ControlClient speaks to a control endpoint. Dial opens one connection per request (e.g. a
+// unix-socket dial made inside the pod's network namespace).
+type ControlClient struct {
+	Dial func(ctx context.Context) (net.Conn, error)
+}
+
+// NewControlClient returns a client that dials the unix socket addr (DefaultControlAddr if empty)
+// from the caller's current network namespace.
+func NewControlClient(addr string) *ControlClient {
+	if addr == "" {
+		addr = DefaultControlAddr
+	}
+	return &ControlClient{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", addr)
+	}}
+}
+
+// ListenControl listens on the unix socket addr (DefaultControlAddr if empty).
+func ListenControl(addr string) (net.Listener, error) {
+	if addr == "" {
+		addr = DefaultControlAddr
+	}
+	l, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen control: %w", err)
+	}
+	return l, nil
+}
+
+// Do sends req and returns the response; an endpoint error is returned wrapping ErrControl.
+func (cc *ControlClient) Do(ctx context.Context, req ControlRequest) (ControlResponse, error) {
+	c, err := cc.Dial(ctx)
+	if err != nil {
+		return ControlResponse{}, fmt.Errorf("dial control: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	b, err := json.Marshal(req)
+	if err != nil {
+		return ControlResponse{}, fmt.Errorf("encode control request: %w", err)
+	}
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return ControlResponse{}, fmt.Errorf("write control request: %w", err)
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return ControlResponse{}, fmt.Errorf("read control response: %w", err)
+	}
+	var resp ControlResponse
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return ControlResponse{}, fmt.Errorf("decode control response: %w", err)
+	}
+	if !resp.OK {
+		return resp, fmt.Errorf("control %s: %w: %s", req.Op, ErrControl, resp.Error)
+	}
+	return resp, nil
+}
+
+// Prepare asks the server to prepare a migration to target with strategy (a name accepted by
+// ParseStrategy); timeout bounds the wait for acknowledgements.
+func (cc *ControlClient) Prepare(ctx context.Context, target Target, strategy string, timeout time.Duration, closeUnsupported bool) (Readiness, error) {
+	resp, err := cc.Do(ctx, ControlRequest{Op: "prepare", Target: target, Strategy: strategy,
+		TimeoutMS: int(timeout.Milliseconds()), CloseUnsupported: closeUnsupported})
+	if err != nil {
+		return Readiness{}, err
+	}
+	if resp.Readiness == nil {
+		return Readiness{}, fmt.Errorf("control prepare: %w: no readiness", ErrControl)
+	}
+	return *resp.Readiness, nil
+}
+
+// Restored tells the server it runs at target now.
+func (cc *ControlClient) Restored(ctx context.Context, target Target) error {
+	_, err := cc.Do(ctx, ControlRequest{Op: "restored", Target: target})
+	return err
+}
+
+// Abort cancels the prepared migration.
+func (cc *ControlClient) Abort(ctx context.Context) error {
+	_, err := cc.Do(ctx, ControlRequest{Op: "abort"})
+	return err
+}
+
+// Status returns the server status.
+func (cc *ControlClient) Status(ctx context.Context) (Status, error) {
+	resp, err := cc.Do(ctx, ControlRequest{Op: "status"})
+	if err != nil {
+		return Status{}, err
+	}
+	if resp.Status == nil {
+		return Status{}, fmt.Errorf("control status: %w: no status", ErrControl)
+	}
+	return *resp.Status, nil
+}
