@@ -1,0 +1,299 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/steerd/steerd/api"
+	"github.com/steerd/steerd/pod"
+)
+
+// Service states (api.ServiceStatus.State).
+const (
+	StateStopped   = "stopped"
+	StateRunning   = "running"
+	StateMigrating = "migrating" // source side of a migration in progress
+	StateRestoring = "restoring" // destination side of a migration in progress
+	StateRemote    = "remote"    // migrated to another node
+)
+
+// maxMigrations is how many finished migrations a node keeps in memory.
+const maxMigrations = 256
+
+// Deps are the daemon's collaborators. Nil Pods means RealPods; nil Logger means slog.Default.
+type Deps struct {
+	Datapath Datapath
+	Engine   Engine
+	Control  ServiceControl
+	Pods     Pods
+	Dial     PeerDialer
+	Logger   *slog.Logger
+}
+
+type service struct {
+	def       ServiceDef
+	state     string
+	pod       *pod.Pod
+	peer      string // StateRemote: where it went
+	migration string // current migration (source or destination)
+}
+
+func (s *service) status() api.ServiceStatus {
+	st := api.ServiceStatus{Name: s.def.Name, Instance: s.def.Instance, Port: s.def.Port, State: s.state, Peer: s.peer}
+	if s.def.PodIPv4.IsValid() {
+		st.PodIPv4 = s.def.PodIPv4.String()
+	}
+	if s.def.PodIPv6.IsValid() {
+		st.PodIPv6 = s.def.PodIPv6.String()
+	}
+	if s.pod != nil {
+		st.PodNS = s.pod.NetNS
+	}
+	return st
+}
+
+func (s *service) local() LocalTarget {
+	t := LocalTarget{Pod4: s.def.PodIPv4, Pod6: s.def.PodIPv6, PodPort: s.def.PodPort}
+	if s.pod != nil {
+		t.HostIfindex = s.pod.HostIndex
+	}
+	return t
+}
+
+// Daemon is one node's steerd.
+type Daemon struct {
+	cfg     *Config
+	log     *slog.Logger
+	dp      Datapath
+	engine  Engine
+	ctl     ServiceControl
+	pods    Pods
+	dial    PeerDialer
+	met     *metrics
+	started time.Time
+
+	ctx    context.Context // daemon lifetime: migrations run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	services map[string]*service
+	routes   map[uint64]api.Route
+	migs     map[string]*migration
+	order    []string // migration IDs, oldest first
+	incoming map[string]*incoming
+	// finishedIn keeps the timelines of migrations this node received (destination side).
+	finishedIn map[string]*timeline
+	peerErr    map[string]string
+}
+
+// New returns a daemon for a normalized config. It does not open sockets: see Serve.
+func New(cfg *Config, deps Deps) (*Daemon, error) {
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	if deps.Engine == nil || deps.Control == nil || deps.Dial == nil {
+		return nil, fmt.Errorf("new daemon: %w: engine, service control and peer dialer are required", ErrBadRequest)
+	}
+	if deps.Pods == nil {
+		deps.Pods = RealPods{}
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Daemon{
+		cfg: cfg, log: deps.Logger.With("node", cfg.Node), dp: deps.Datapath, engine: deps.Engine,
+		ctl: deps.Control, pods: deps.Pods, dial: deps.Dial, started: time.Now(),
+		ctx: ctx, cancel: cancel,
+		services: map[string]*service{}, routes: map[uint64]api.Route{}, migs: map[string]*migration{},
+		incoming: map[string]*incoming{}, finishedIn: map[string]*timeline{}, peerErr: map[string]string{},
+	}
+	d.met = newMetrics(cfg.Node, func() Datapath { return d.dp })
+	for _, s := range cfg.Services {
+		d.services[s.Name] = &service{def: s, state: StateStopped}
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("new daemon: %w", err)
+	}
+	return d, nil
+}
+
+// Config returns the daemon's normalized configuration.
+func (d *Daemon) Config() *Config { return d.cfg }
+
+// MetricsHandler serves the daemon's Prometheus registry.
+func (d *Daemon) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(d.met.reg, promhttp.HandlerOpts{Registry: d.met.reg})
+}
+
+// Close stops running migrations (they roll back) and waits for them. It does not stop the
+// service containers: they keep running without the daemon.
+func (d *Daemon) Close() error {
+	d.cancel()
+	d.wg.Wait()
+	return nil
+}
+
+// apiErr builds an *api.Error of this node.
+func (d *Daemon) apiErr(phase api.Phase, err error) *api.Error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return &api.Error{Node: d.cfg.Node, Phase: phase, Cause: err.Error()}
+}
+
+// Run starts a configured service container on this node: pod namespace, datapath entry
+// (local), container.
+func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStatus, err error) {
+	d.mu.Lock()
+	s, ok := d.services[req.Service]
+	if !ok {
+		d.mu.Unlock()
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %q: %w", req.Service, ErrUnknownService))
+	}
+	if s.state == StateRunning || s.state == StateMigrating || s.state == StateRestoring {
+		st := s.state
+		d.mu.Unlock()
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w: state %s", req.Service, ErrBusy, st))
+	}
+	s.state = StateRestoring // reserve
+	def := s.def
+	d.mu.Unlock()
+	defer func() {
+		if err != nil {
+			d.mu.Lock()
+			s.state, s.pod = StateStopped, nil
+			d.mu.Unlock()
+		}
+	}()
+	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
+	if err != nil {
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
+	}
+	d.mu.Lock()
+	s.pod = p
+	d.mu.Unlock()
+	undo := func() { _ = d.pods.Delete(p) }
+	bundle, args := def.Bundle, def.Args
+	if req.Bundle != "" {
+		bundle = req.Bundle
+	}
+	if len(req.Args) > 0 {
+		args = req.Args
+	}
+	if err := d.engine.Run(ctx, ContainerSpec{Name: def.Name, Bundle: bundle, Args: args, NetNSPath: p.Path()}); err != nil {
+		undo()
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: start container: %w", def.Name, err))
+	}
+	if err := d.setLocal(def.Instance, def.Name, s.local()); err != nil {
+		_ = d.engine.Remove(context.Background(), def.Name)
+		undo()
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
+	}
+	d.mu.Lock()
+	s.state, s.peer = StateRunning, ""
+	st := s.status()
+	d.mu.Unlock()
+	d.log.Info("service running", "service", def.Name, "pod", p.NetNS, "instance", def.Instance)
+	return st, nil
+}
+
+func (d *Daemon) setLocal(instance uint64, svc string, t LocalTarget) error {
+	if d.dp != nil {
+		if err := d.dp.SetLocal(instance, t); err != nil {
+			return fmt.Errorf("set instance %d local: %w", instance, err)
+		}
+	}
+	d.mu.Lock()
+	d.routes[instance] = api.Route{Instance: instance, Service: svc, Kind: api.Local}
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Daemon) setRemote(instance uint64, svc, peer string) error {
+	if d.dp != nil {
+		if err := d.dp.SetRemote(instance, peer); err != nil {
+			return fmt.Errorf("set instance %d remote to %s: %w", instance, peer, err)
+		}
+	}
+	d.mu.Lock()
+	d.routes[instance] = api.Route{Instance: instance, Service: svc, Kind: api.Remote, Peer: peer}
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Daemon) deleteRoute(instance uint64) error {
+	if d.dp != nil {
+		if err := d.dp.Delete(instance); err != nil {
+			return fmt.Errorf("delete instance %d: %w", instance, err)
+		}
+	}
+	d.mu.Lock()
+	delete(d.routes, instance)
+	d.mu.Unlock()
+	return nil
+}
+
+// Status returns the node overview.
+func (d *Daemon) Status() api.Status {
+	d.mu.Lock()
+	st := api.Status{Node: d.cfg.Node, Uplink: d.cfg.Uplink, PeerListen: d.cfg.PeerListen, Started: d.started, Migrations: len(d.migs)}
+	for _, s := range d.services {
+		st.Services = append(st.Services, s.status())
+	}
+	for _, p := range d.cfg.Peers {
+		st.Peers = append(st.Peers, api.PeerStatus{Name: p.Name, Address: p.AddrPort().String(), LastError: d.peerErr[p.Name]})
+	}
+	d.mu.Unlock()
+	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
+	if d.cfg.IPv4.IsValid() {
+		st.IPv4 = d.cfg.IPv4.String()
+	}
+	if d.cfg.IPv6.IsValid() {
+		st.IPv6 = d.cfg.IPv6.String()
+	}
+	st.Datapath = "off"
+	if d.dp != nil {
+		st.Datapath = "xdp on " + d.cfg.Uplink
+		if cs, err := d.dp.Counters(); err == nil {
+			st.Counters = cs
+		}
+	}
+	return st
+}
+
+// Routes returns the instances this node steers, with the datapath's counters.
+func (d *Daemon) Routes() []api.Route {
+	d.mu.Lock()
+	out := make([]api.Route, 0, len(d.routes))
+	for _, r := range d.routes {
+		out = append(out, r)
+	}
+	d.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
+	if d.dp != nil {
+		for i := range out {
+			if s, err := d.dp.InstanceStats(out[i].Instance); err == nil {
+				out[i].Packets, out[i].LastSeen = s.Packets, s.LastSeen
+			}
+		}
+	}
+	return out
+}
+
+// imageDir returns the directory of a migration's image on this node.
+func (d *Daemon) imageDir(kind, id string) string {
+	return filepath.Join(d.cfg.StateDir, kind, id)
+}

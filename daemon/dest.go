@@ -1,0 +1,325 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/steerd/steerd/api"
+	"github.com/steerd/steerd/pod"
+)
+
+// incoming is the destination node's record of a migration it receives.
+type incoming struct {
+	id, source string
+	def        ServiceDef
+	technique  api.Technique
+	dir        string
+	pod        *pod.Pod
+	tl         *timeline
+	restored   bool // engine.Restore called (a container may exist)
+	local      bool // the datapath delivers the instance here
+	bytes      int64
+}
+
+// servePeer runs one peer operation from the authenticated node from (destination side).
+func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMessage) *PeerReply {
+	var (
+		r   PeerReply
+		err error
+	)
+	dec := func(v any) bool {
+		if e := json.Unmarshal(body, v); e != nil {
+			err = fmt.Errorf("decode %s request: %w: %w", op, ErrBadRequest, e)
+			return false
+		}
+		return true
+	}
+	phase := api.PhasePeer
+	switch op {
+	case opPrepareRestore:
+		phase = api.PhaseDest
+		var q prepareRestoreReq
+		if dec(&q) {
+			err = d.prepareRestore(from, q, &r)
+		}
+	case opRestore:
+		phase = api.PhaseRestore
+		var q restoreReq
+		if dec(&q) {
+			err = d.restore(ctx, q, &r)
+		}
+	case opRestored:
+		phase = api.PhaseRestored
+		var q restoredReq
+		if dec(&q) {
+			err = d.restored(ctx, q, &r)
+		}
+	case opRoute:
+		phase = api.PhaseRoute
+		var q routeReq
+		if dec(&q) {
+			err = d.route(from, q)
+		}
+	case opAbort:
+		phase = api.PhaseRollback
+		var q abortReq
+		if dec(&q) {
+			err = d.abortIncoming(ctx, q, &r)
+		}
+	default:
+		err = fmt.Errorf("peer operation %q: %w", op, ErrBadRequest)
+	}
+	if err != nil {
+		d.log.Warn("peer operation failed", "peer", from, "op", op, "error", err)
+		r.Error = d.apiErr(phase, err)
+	}
+	return &r
+}
+
+func (d *Daemon) getIncoming(id string) (*incoming, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	in, ok := d.incoming[id]
+	if !ok {
+		return nil, fmt.Errorf("migration %q: %w", id, ErrUnknownMig)
+	}
+	return in, nil
+}
+
+// prepareRestore reserves the service on this node and creates its pod namespace and image
+// directory.
+func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) (err error) {
+	if q.Source != from {
+		return fmt.Errorf("prepare restore: %w: source %q is not the authenticated peer %q", ErrBadRequest, q.Source, from)
+	}
+	def := q.Service
+	if local, ok := d.cfg.Service(def.Name); ok {
+		if local.Instance != def.Instance || local.PodIPv4 != def.PodIPv4 || local.PodIPv6 != def.PodIPv6 || local.Port != def.Port {
+			return fmt.Errorf("prepare restore of %s: %w: definition differs from this node's (instance %d/%d)", def.Name, ErrBadRequest, local.Instance, def.Instance)
+		}
+		def.Bundle, def.Args = local.Bundle, local.Args
+	}
+	tl := newTimeline(q.Migration, d.cfg.Node, nil)
+	tl.start(api.PhaseDest, "from "+from)
+	defer func() { tl.end(api.PhaseDest, err); r.Events = tl.snapshot() }()
+	d.mu.Lock()
+	if _, dup := d.incoming[q.Migration]; dup {
+		d.mu.Unlock()
+		return fmt.Errorf("prepare restore: %w: migration %s exists", ErrBusy, q.Migration)
+	}
+	s, ok := d.services[def.Name]
+	if ok && (s.state == StateRunning || s.state == StateMigrating || s.state == StateRestoring) {
+		st := s.state
+		d.mu.Unlock()
+		return fmt.Errorf("prepare restore of %s: %w: state %s here", def.Name, ErrBusy, st)
+	}
+	if !ok {
+		s = &service{def: def}
+		d.services[def.Name] = s
+	}
+	s.def, s.state, s.migration, s.peer = def, StateRestoring, q.Migration, ""
+	in := &incoming{id: q.Migration, source: from, def: def, technique: q.Technique, dir: d.imageDir("incoming", q.Migration), tl: tl}
+	d.incoming[q.Migration] = in
+	d.mu.Unlock()
+	fail := func(e error) error {
+		d.mu.Lock()
+		delete(d.incoming, q.Migration)
+		s.state, s.migration = StateStopped, ""
+		d.mu.Unlock()
+		os.RemoveAll(in.dir)
+		return e
+	}
+	if err := os.MkdirAll(in.dir, 0o700); err != nil {
+		return fail(fmt.Errorf("create image directory: %w", err))
+	}
+	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
+	if err != nil {
+		return fail(fmt.Errorf("create pod for %s: %w", def.Name, err))
+	}
+	d.mu.Lock()
+	in.pod, s.pod = p, p
+	d.mu.Unlock()
+	return nil
+}
+
+// receiveImage stores one image file of an incoming migration and returns its SHA-256.
+func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64) ([32]byte, error) {
+	var sum [32]byte
+	in, err := d.getIncoming(migration)
+	if err != nil {
+		return sum, err
+	}
+	clean := path.Clean(name)
+	if name == "" || path.IsAbs(name) || clean == "." || strings.HasPrefix(clean, "../") || clean == ".." {
+		return sum, fmt.Errorf("receive image file %q: %w: name must be relative", name, ErrBadRequest)
+	}
+	dst := filepath.Join(in.dir, filepath.FromSlash(clean))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return sum, fmt.Errorf("receive image file %s: %w", name, err)
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return sum, fmt.Errorf("receive image file %s: %w", name, err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != size {
+		err = fmt.Errorf("short image file: %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		os.Remove(dst)
+		return sum, fmt.Errorf("receive image file %s: %w", name, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	d.mu.Lock()
+	in.bytes += n
+	d.mu.Unlock()
+	d.met.bytes.WithLabelValues("received").Add(float64(n))
+	return sum, nil
+}
+
+// restore restores the container from the received image and delivers the instance locally.
+func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err error) {
+	in, err := d.getIncoming(q.Migration)
+	if err != nil {
+		return err
+	}
+	mark := len(in.tl.snapshot())
+	in.tl.start(api.PhaseRestore, fmt.Sprintf("%d image bytes", in.bytes))
+	defer func() {
+		in.tl.end(api.PhaseRestore, err)
+		r.Events, _ = in.tl.since(mark)
+	}()
+	d.mu.Lock()
+	in.restored = true
+	d.mu.Unlock()
+	rep, err := d.engine.Restore(ctx, RestoreRequest{
+		Migration: q.Migration, Service: in.def.Name, Technique: in.technique, ImageDir: in.dir,
+		NetNSPath: in.pod.Path(), Bundle: in.def.Bundle, Source: in.source,
+	})
+	for _, p := range rep.Phases {
+		in.tl.add(api.Event{Phase: api.Phase(p.Name), Kind: api.End, Time: p.End, Duration: p.End.Sub(p.Start), Bytes: p.Bytes, Detail: "engine"})
+	}
+	if err != nil {
+		return fmt.Errorf("restore %s (%s): %w", in.def.Name, in.technique, err)
+	}
+	d.mu.Lock()
+	s := d.services[in.def.Name]
+	lt := s.local()
+	in.local = true
+	d.mu.Unlock()
+	return d.setLocal(in.def.Instance, in.def.Name, lt)
+}
+
+// restored tells the restored service its new public address and ends the incoming migration.
+func (d *Daemon) restored(ctx context.Context, q restoredReq, r *PeerReply) (err error) {
+	in, err := d.getIncoming(q.Migration)
+	if err != nil {
+		return err
+	}
+	mark := len(in.tl.snapshot())
+	in.tl.start(api.PhaseRestored, "")
+	defer func() {
+		in.tl.end(api.PhaseRestored, err)
+		r.Events, _ = in.tl.since(mark)
+	}()
+	if err := d.ctl.Restored(ctx, in.pod.NetNS, q.Target); err != nil {
+		return fmt.Errorf("tell %s it was restored: %w", in.def.Name, err)
+	}
+	d.mu.Lock()
+	s := d.services[in.def.Name]
+	s.state, s.migration, s.peer = StateRunning, "", ""
+	delete(d.incoming, q.Migration)
+	d.finishedIn[q.Migration] = in.tl
+	d.mu.Unlock()
+	os.RemoveAll(in.dir)
+	d.log.Info("service restored", "migration", q.Migration, "service", in.def.Name, "from", in.source)
+	return nil
+}
+
+// abortIncoming undoes an incoming migration: datapath entry, container, pod, image. Unknown
+// migrations are not an error (abort is idempotent).
+func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) error {
+	d.mu.Lock()
+	in, ok := d.incoming[q.Migration]
+	if ok {
+		delete(d.incoming, q.Migration)
+		d.finishedIn[q.Migration] = in.tl
+	}
+	d.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	in.tl.start(api.PhaseRollback, "abort from "+in.source)
+	var errs []error
+	if in.local {
+		if err := d.deleteRoute(in.def.Instance); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if in.restored {
+		if err := d.engine.Remove(ctx, in.def.Name); err != nil {
+			errs = append(errs, fmt.Errorf("remove container %s: %w", in.def.Name, err))
+		}
+	}
+	if in.pod != nil {
+		if err := d.pods.Delete(in.pod); err != nil {
+			errs = append(errs, fmt.Errorf("delete pod: %w", err))
+		}
+	}
+	if err := os.RemoveAll(in.dir); err != nil {
+		errs = append(errs, err)
+	}
+	d.mu.Lock()
+	if s, ok := d.services[in.def.Name]; ok && s.migration == q.Migration {
+		s.state, s.migration, s.pod = StateStopped, "", nil
+	}
+	d.mu.Unlock()
+	err := errors.Join(errs...)
+	in.tl.end(api.PhaseRollback, err)
+	r.Events = in.tl.snapshot()
+	return err
+}
+
+// route sets an instance's entry on request of a peer (a third node learning where an instance
+// moved, or an operator's repair).
+func (d *Daemon) route(from string, q routeReq) error {
+	switch q.Kind {
+	case api.Local:
+		d.mu.Lock()
+		s, ok := d.services[q.Service]
+		var lt LocalTarget
+		if ok {
+			lt = s.local()
+		}
+		d.mu.Unlock()
+		if !ok || s.def.Instance != q.Instance || lt.HostIfindex == 0 {
+			return fmt.Errorf("route instance %d local: %w: service %q has no pod here", q.Instance, ErrNotRunning, q.Service)
+		}
+		return d.setLocal(q.Instance, q.Service, lt)
+	case api.Remote:
+		if _, ok := d.cfg.Peer(q.Peer); !ok {
+			return fmt.Errorf("route instance %d: %w: %q", q.Instance, ErrUnknownPeer, q.Peer)
+		}
+		return d.setRemote(q.Instance, q.Service, q.Peer)
+	case "":
+		return d.deleteRoute(q.Instance)
+	}
+	return fmt.Errorf("route instance %d: %w: kind %q", q.Instance, ErrBadRequest, q.Kind)
+}
+
+// sha256Hex formats a digest.
+func sha256Hex(b [32]byte) string { return hex.EncodeToString(b[:]) }
+
