@@ -151,8 +151,9 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	return nil
 }
 
-// receiveImage stores one image file of an incoming migration and returns its SHA-256.
-func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64) ([32]byte, error) {
+// receiveImage stores one image file of an incoming migration and returns its SHA-256. verify (if
+// not nil) gets the digest of the received bytes before the file is kept; its error discards it.
+func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64, verify func([32]byte) error) ([32]byte, error) {
 	var sum [32]byte
 	in, err := d.getIncoming(migration)
 	if err != nil {
@@ -178,11 +179,14 @@ func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64) (
 	if err == nil && n != size {
 		err = fmt.Errorf("short image file: %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
 	}
+	copy(sum[:], h.Sum(nil))
+	if err == nil && verify != nil {
+		err = verify(sum)
+	}
 	if err != nil {
 		os.Remove(dst)
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
-	copy(sum[:], h.Sum(nil))
 	d.mu.Lock()
 	in.bytes += n
 	d.mu.Unlock()

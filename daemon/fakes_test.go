@@ -334,17 +334,16 @@ func (l *loopPeer) SendImage(ctx context.Context, mig, name string, r io.Reader,
 		return e
 	}
 	h := sha256.New()
-	got, err := l.to.receiveImage(mig, name, io.TeeReader(r, h), size)
-	if err != nil {
-		return err
-	}
-	if progress != nil {
+	_, err := l.to.receiveImage(mig, name, io.TeeReader(r, h), size, func(got [32]byte) error {
+		if [32]byte(h.Sum(nil)) != got {
+			return ErrChecksum
+		}
+		return nil
+	})
+	if err == nil && progress != nil {
 		progress(size)
 	}
-	if [32]byte(h.Sum(nil)) != got {
-		return ErrChecksum
-	}
-	return nil
+	return err
 }
 
 // node is one daemon with its fakes.

@@ -1,0 +1,358 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/steerd/steerd/api"
+	"github.com/steerd/steerd/pki"
+)
+
+// Peer channel: QUIC (RFC 9000) with mutual TLS 1.3 (pki.ServerConfig / pki.ClientConfig, ALPN
+// pki.ALPN). One bidirectional stream per operation:
+//
+//	caller -> peer : peerRequest JSON, '\n'  [opImage: Size bytes, then the 32-byte SHA-256]  FIN
+//	peer -> caller : PeerReply JSON, '\n'  FIN
+//
+// The peer acts only for nodes whose certificate chains to the cluster CA and names a configured
+// peer; a handshake with any other certificate fails before a stream can be opened.
+
+// maxHeader bounds a request or reply line (bytes).
+const maxHeader = 1 << 20
+
+// peerQUICConfig is the QUIC configuration of both ends of the peer channel.
+func peerQUICConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:           5 * time.Second,
+		MaxIdleTimeout:                 60 * time.Second,
+		KeepAlivePeriod:                15 * time.Second,
+		MaxIncomingStreams:             256,
+		InitialStreamReceiveWindow:     4 << 20,
+		MaxStreamReceiveWindow:         32 << 20,
+		InitialConnectionReceiveWindow: 8 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	}
+}
+
+// peerHandler is what a peer server serves (the Daemon).
+type peerHandler interface {
+	servePeer(ctx context.Context, from, op string, body json.RawMessage) *PeerReply
+	receiveImage(migration, name string, r io.Reader, size int64, verify func([32]byte) error) ([32]byte, error)
+}
+
+// PeerServer accepts peer-channel connections.
+type PeerServer struct {
+	ln  *quic.Listener
+	h   peerHandler
+	log *slog.Logger
+	wg  sync.WaitGroup
+	// ops counts operations served (tests check that refused peers reached none).
+	mu  sync.Mutex
+	ops int
+}
+
+// ListenPeers listens on the UDP address addr for peers presenting cert chains to roots whose
+// node name allowed accepts.
+func ListenPeers(addr string, cert tls.Certificate, roots *x509.CertPool, allowed func(string) bool, h peerHandler, log *slog.Logger) (*PeerServer, error) {
+	ln, err := quic.ListenAddr(addr, pki.ServerConfig(cert, roots, allowed), peerQUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("listen peer channel on %s: %w", addr, err)
+	}
+	s := &PeerServer{ln: ln, h: h, log: log}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+// Addr returns the UDP address the server listens on.
+func (s *PeerServer) Addr() net.Addr { return s.ln.Addr() }
+
+// Ops returns the number of operations served.
+func (s *PeerServer) Ops() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ops
+}
+
+// Close stops accepting and waits for the accept loop.
+func (s *PeerServer) Close() error {
+	err := s.ln.Close()
+	s.wg.Wait()
+	return err
+}
+
+func (s *PeerServer) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		conn, err := s.ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		from := pki.PeerName(conn.ConnectionState().TLS)
+		s.log.Debug("peer connected", "peer", from, "remote", conn.RemoteAddr())
+		go s.serveConn(conn, from)
+	}
+}
+
+func (s *PeerServer) serveConn(conn *quic.Conn, from string) {
+	for {
+		str, err := conn.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		go s.serveStream(conn.Context(), str, from)
+	}
+}
+
+func writeLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func readLine(br *bufio.Reader, v any) error {
+	line, err := br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return fmt.Errorf("read line: longer than %d bytes", br.Size())
+	}
+	if err != nil {
+		return fmt.Errorf("read line: %w", err)
+	}
+	return json.Unmarshal(line, v)
+}
+
+func (s *PeerServer) serveStream(ctx context.Context, str *quic.Stream, from string) {
+	defer str.Close()
+	br := bufio.NewReaderSize(str, 64<<10)
+	var req peerRequest
+	reply := func(r *PeerReply) {
+		if err := writeLine(str, r); err != nil {
+			s.log.Warn("peer reply", "peer", from, "op", req.Op, "error", err)
+		}
+	}
+	if err := readLine(br, &req); err != nil {
+		reply(&PeerReply{Error: &api.Error{Phase: api.PhasePeer, Cause: fmt.Sprintf("bad request header: %v", err)}})
+		str.CancelRead(1)
+		return
+	}
+	s.mu.Lock()
+	s.ops++
+	s.mu.Unlock()
+	if req.Op != opImage {
+		reply(s.h.servePeer(ctx, from, req.Op, req.Body))
+		return
+	}
+	if req.Size < 0 {
+		reply(&PeerReply{Error: &api.Error{Phase: api.PhaseTransfer, Cause: "negative image size"}})
+		return
+	}
+	// The 32-byte trailer follows the file: verify it before keeping the file.
+	sum, err := s.h.receiveImage(req.Migration, req.Name, br, req.Size, func(got [32]byte) error {
+		var want [32]byte
+		if _, err := io.ReadFull(br, want[:]); err != nil {
+			return fmt.Errorf("read checksum trailer: %w", err)
+		}
+		if want != got {
+			return fmt.Errorf("%w: sender %x, received %x", ErrChecksum, want[:8], got[:8])
+		}
+		return nil
+	})
+	r := &PeerReply{SHA256: sha256Hex(sum), Bytes: req.Size}
+	if err != nil {
+		if d, ok := s.h.(*Daemon); ok {
+			r.Error = d.apiErr(api.PhaseTransfer, err)
+		} else {
+			r.Error = &api.Error{Phase: api.PhaseTransfer, Cause: err.Error()}
+		}
+		str.CancelRead(1)
+	}
+	reply(r)
+}
+
+// PeerClient is the Peer of one configured node over the peer channel. It dials on first use and
+// redials when the connection is gone.
+type PeerClient struct {
+	name, addr string
+	tls        *tls.Config
+
+	mu   sync.Mutex
+	conn *quic.Conn
+}
+
+// NewPeerClient returns a client for node name at the UDP address addr, authenticating with cert
+// and accepting only a certificate for name chained to roots.
+func NewPeerClient(name, addr string, cert tls.Certificate, roots *x509.CertPool) *PeerClient {
+	return &PeerClient{name: name, addr: addr, tls: pki.ClientConfig(cert, roots, name)}
+}
+
+func (c *PeerClient) connect(ctx context.Context) (*quic.Conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && c.conn.Context().Err() == nil {
+		return c.conn, nil
+	}
+	conn, err := quic.DialAddr(ctx, c.addr, c.tls.Clone(), peerQUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("dial peer %s at %s: %w", c.name, c.addr, err)
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+// Close closes the connection, if any.
+func (c *PeerClient) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		return c.conn.CloseWithError(0, "closing")
+	}
+	return nil
+}
+
+func (c *PeerClient) open(ctx context.Context) (*quic.Stream, error) {
+	for try := 0; ; try++ {
+		conn, err := c.connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		str, err := conn.OpenStreamSync(ctx)
+		if err == nil {
+			context.AfterFunc(ctx, func() { str.CancelRead(2); str.CancelWrite(2) })
+			return str, nil
+		}
+		if try > 0 || ctx.Err() != nil {
+			return nil, fmt.Errorf("open stream to %s: %w", c.name, err)
+		}
+		c.mu.Lock()
+		c.conn = nil // stale connection: redial once
+		c.mu.Unlock()
+	}
+}
+
+func (c *PeerClient) finish(str *quic.Stream, op string) (*PeerReply, error) {
+	br := bufio.NewReaderSize(str, maxHeader)
+	var r PeerReply
+	if err := readLine(br, &r); err != nil {
+		return nil, fmt.Errorf("peer %s: %s: %w", c.name, op, err)
+	}
+	if r.Error != nil {
+		if r.Error.Node == "" {
+			r.Error.Node = c.name
+		}
+		return &r, r.Error
+	}
+	return &r, nil
+}
+
+// Call implements Peer.
+func (c *PeerClient) Call(ctx context.Context, op string, req any) (*PeerReply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", op, err)
+	}
+	str, err := c.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeLine(str, peerRequest{Op: op, Body: body}); err != nil {
+		return nil, fmt.Errorf("peer %s: send %s: %w", c.name, op, err)
+	}
+	str.Close()
+	return c.finish(str, op)
+}
+
+// SendImage implements Peer.
+func (c *PeerClient) SendImage(ctx context.Context, migration, name string, r io.Reader, size int64, progress func(int64)) error {
+	str, err := c.open(ctx)
+	if err != nil {
+		return err
+	}
+	if err := writeLine(str, peerRequest{Op: opImage, Migration: migration, Name: name, Size: size}); err != nil {
+		return fmt.Errorf("peer %s: send image header: %w", c.name, err)
+	}
+	h := sha256.New()
+	w := &progressWriter{w: io.MultiWriter(str, h), f: progress}
+	n, err := io.Copy(w, io.LimitReader(r, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("image file %s: read %d of %d bytes: %w", name, n, size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		str.CancelWrite(3)
+		// The peer may have answered with its own error already.
+		if r, rerr := c.finish(str, opImage); rerr != nil && r != nil {
+			return rerr
+		}
+		return fmt.Errorf("peer %s: send image %s: %w", c.name, name, err)
+	}
+	if _, err := str.Write(h.Sum(nil)); err != nil {
+		return fmt.Errorf("peer %s: send checksum: %w", c.name, err)
+	}
+	str.Close()
+	rep, err := c.finish(str, opImage)
+	if err != nil {
+		return err
+	}
+	if want := fmt.Sprintf("%x", h.Sum(nil)); rep.SHA256 != want {
+		return fmt.Errorf("peer %s: image %s: %w: peer has %s", c.name, name, ErrChecksum, rep.SHA256)
+	}
+	return nil
+}
+
+type progressWriter struct {
+	w io.Writer
+	n int64
+	f func(int64)
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.n += int64(n)
+	if p.f != nil {
+		p.f(p.n)
+	}
+	return n, err
+}
+
+// Dialer returns a PeerDialer for the configured peers of cfg that reuses one PeerClient per
+// peer.
+func Dialer(cfg *Config, cert tls.Certificate, roots *x509.CertPool) PeerDialer {
+	var mu sync.Mutex
+	clients := map[string]*PeerClient{}
+	return func(name string) (Peer, error) {
+		p, ok := cfg.Peer(name)
+		if !ok {
+			return nil, fmt.Errorf("dial %q: %w", name, ErrUnknownPeer)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		c, ok := clients[name]
+		if !ok {
+			c = NewPeerClient(name, p.AddrPort().String(), cert, roots)
+			clients[name] = c
+		}
+		return c, nil
+	}
+}
+
+// ListenPeers starts the daemon's peer-channel server on Config.PeerListen; only configured
+// peers are accepted.
+func (d *Daemon) ListenPeers(cert tls.Certificate, roots *x509.CertPool) (*PeerServer, error) {
+	allowed := func(n string) bool { _, ok := d.cfg.Peer(n); return ok }
+	return ListenPeers(d.cfg.PeerListen, cert, roots, allowed, d, d.log)
+}
