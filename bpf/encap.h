@@ -298,7 +298,10 @@ static __always_inline int encap_forward(struct xdp_md *ctx, struct pkt *p, __u3
 		oh->payload_len = bpf_htons(inner_len + 8);
 		oh->nexthdr = IPPROTO_UDP_;
 		oh->hop_limit = 64;
-		__builtin_memcpy(&oh->saddr, (void *)node6, 16);
+		/* Byte-wise volatile reads: a memcpy from the const global
+		 * would be folded to its zero initializer by clang. */
+		for (int i = 0; i < 16; i++)
+			((__u8 *)&oh->saddr)[i] = node6[i];
 		__builtin_memcpy(&oh->daddr, peer->addr, 16);
 		o.udp = (void *)(oh + 1);
 		o.udp->source = bpf_htons(sport);

@@ -129,14 +129,29 @@ static __always_inline int parse_l3l4(struct xdp_md *ctx, struct pkt *p)
 	return PARSE_OK;
 }
 
+/* CID layout (QUIC-LB draft-21 section 3, connid.Config): total CID length
+ * in bytes (1 + server ID + nonce, 8..20) and the config rotation (0..6)
+ * of this node's CIDs; set by the loader. Length self-encoding is required. */
+const volatile __u32 cid_len = 8;
+const volatile __u32 config_rotation = 0;
+
 /* quic_info: what steering needs from a QUIC header (RFC 9000 section 17). */
 struct quic_info {
 	__u64 id;       /* server ID as big-endian integer (QUIC-LB draft-21 section 3) */
-	__u32 has_id;   /* DCID carries a routable server ID */
-	__u32 initial;  /* long header Initial or 0-RTT (or an unknown version) */
+	__u32 has_id;   /* DCID is one of our routable CIDs */
+	__u32 initial;  /* v1/v2 Initial or 0-RTT, or a long header of an unknown version */
 };
 
 #define QUIC_MALFORMED (-1)
+
+/* cid_ours checks octet 0 of a DCID of cid_len bytes (connid.Codec.Check):
+ * config rotation not 0b111 (draft-21 section 3.1) and equal to ours, and
+ * the self-encoded length (section 3.3) equal to cid_len - 1. */
+static __always_inline int cid_ours(__u8 d0)
+{
+	return (d0 >> 5) != CR_UNROUTABLE && (d0 >> 5) == config_rotation &&
+	       (__u32)(d0 & 0x1f) + 1 == cid_len;
+}
 
 /* sid_read reads the server ID that follows the first DCID octet at dcid. */
 static __always_inline int sid_read(__u8 *dcid, void *data_end, __u64 *id)
@@ -156,15 +171,14 @@ static __always_inline int sid_read(__u8 *dcid, void *data_end, __u64 *id)
 	return 0;
 }
 
-/* parse_quic reads the DCID of the UDP payload at p->udp. Returns 0 or
- * QUIC_MALFORMED (truncated header, DCID longer than 20 bytes for v1/v2,
- * empty payload).
+/* parse_quic reads the DCID of the UDP payload at p->udp with the rules of
+ * connid.RouteInfo. Returns 0 or QUIC_MALFORMED (RouteInfo's KindInvalid:
+ * the payload ends before the DCID, or a v1/v2 DCID longer than 20 bytes).
  *
- * Long header (RFC 9000 17.2): flags(1) version(4) dcid_len(1) dcid.
- * Short header (RFC 9000 17.3): flags(1) dcid; the DCID length is
- * self-encoded in its first octet (QUIC-LB draft-21 section 3). A server ID
- * is taken only when config rotation != 0b111 and the DCID is long enough;
- * in a long header the self-encoded length must also match dcid_len. */
+ * Long header (RFC 9000 17.2, RFC 8999 5.1): flags(1) version(4)
+ * dcid_len(1) dcid. Short header (RFC 9000 17.3): flags(1) dcid of cid_len
+ * bytes. A server ID is read only when the DCID is cid_len bytes long and
+ * cid_ours() accepts its first octet. */
 static __always_inline int parse_quic(struct pkt *p, void *data_end, struct quic_info *q)
 {
 	__u8 *pl = (__u8 *)(p->udp + 1);
@@ -175,13 +189,13 @@ static __always_inline int parse_quic(struct pkt *p, void *data_end, struct quic
 	q->has_id = 0;
 	q->initial = 0;
 	q->id = 0;
-	if (plen < 2 || (void *)(pl + 2) > data_end)
+	if (plen < 1 || (void *)(pl + 1) > data_end)
 		return QUIC_MALFORMED;
 
 	if (pl[0] & 0x80) {
 		__u32 version, type;
 
-		if (plen < 7 || (void *)(pl + 7) > data_end)
+		if (plen < 6 || (void *)(pl + 6) > data_end)
 			return QUIC_MALFORMED;
 		version = ((__u32)pl[1] << 24) | ((__u32)pl[2] << 16) |
 			  ((__u32)pl[3] << 8) | pl[4];
@@ -197,25 +211,18 @@ static __always_inline int parse_quic(struct pkt *p, void *data_end, struct quic
 			return QUIC_MALFORMED;
 		if (6 + dlen > plen)
 			return QUIC_MALFORMED;
+		if (dlen != cid_len)
+			return 0;
 		dcid = pl + 6;
-		if (dlen < 1 + sid_len)
-			return 0;
-		if ((void *)(dcid + 1) > data_end)
-			return QUIC_MALFORMED;
-		if ((dcid[0] >> 5) == CR_UNROUTABLE || (dcid[0] & 0x1f) + 1 != dlen)
-			return 0;
 	} else {
+		if (1 + cid_len > plen)
+			return QUIC_MALFORMED;
 		dcid = pl + 1;
-		if ((void *)(dcid + 1) > data_end)
-			return QUIC_MALFORMED;
-		if ((dcid[0] >> 5) == CR_UNROUTABLE)
-			return 0;
-		dlen = (dcid[0] & 0x1f) + 1;
-		if (1 + dlen > plen)
-			return QUIC_MALFORMED;
-		if (dlen < 1 + sid_len || dlen > QUIC_MAX_CID_LEN)
-			return 0;
 	}
+	if ((void *)(dcid + 1) > data_end)
+		return QUIC_MALFORMED;
+	if (!cid_ours(dcid[0]))
+		return 0;
 	if (sid_read(dcid, data_end, &q->id))
 		return QUIC_MALFORMED;
 	q->has_id = 1;

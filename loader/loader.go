@@ -42,6 +42,13 @@ type Options struct {
 	// ServerIDLen is the QUIC-LB server ID length in bytes (1..6), the
 	// bytes after the first DCID octet that name an instance (sid_len).
 	ServerIDLen int
+	// CIDLen is the length in bytes of this deployment's CIDs (cid_len):
+	// 1 + ServerIDLen + nonce length, 8..20 (connid.Config.CIDLen). Only
+	// DCIDs of this length, with this config rotation and a matching
+	// self-encoded length, are routed by server ID (connid.Codec.Check).
+	CIDLen int
+	// ConfigRotation is the config rotation of the CIDs, 0..6 (config_rotation).
+	ConfigRotation uint8
 	// TunnelPort is the UDP port of the node-to-node tunnel (tunnel_port);
 	// 0 disables encapsulation and decapsulation.
 	TunnelPort uint16
@@ -109,6 +116,12 @@ func (o Options) validate() error {
 	if o.ServerIDLen < 1 || o.ServerIDLen > MaxServerIDLen {
 		return fmt.Errorf("%w: server ID length %d not in 1..%d", ErrOptions, o.ServerIDLen, MaxServerIDLen)
 	}
+	if o.CIDLen < 1+o.ServerIDLen+4 || o.CIDLen > 20 || o.CIDLen < 8 {
+		return fmt.Errorf("%w: CID length %d (want 8..20 and >= server ID length + 5)", ErrOptions, o.CIDLen)
+	}
+	if o.ConfigRotation > 6 {
+		return fmt.Errorf("%w: config rotation %d not in 0..6", ErrOptions, o.ConfigRotation)
+	}
 	if o.UplinkMTU < 0 || o.UplinkMTU > 65535 {
 		return fmt.Errorf("%w: uplink MTU %d", ErrOptions, o.UplinkMTU)
 	}
@@ -137,9 +150,11 @@ func Load(opts Options) (*Objects, error) {
 		return nil, fmt.Errorf("load steer spec: %w", err)
 	}
 	consts := map[string]any{
-		"sid_len":     uint32(opts.ServerIDLen),
-		"tunnel_port": opts.TunnelPort,
-		"uplink_mtu":  uint32(mtu),
+		"sid_len":         uint32(opts.ServerIDLen),
+		"cid_len":         uint32(opts.CIDLen),
+		"config_rotation": uint32(opts.ConfigRotation),
+		"tunnel_port":     opts.TunnelPort,
+		"uplink_mtu":      uint32(mtu),
 	}
 	if opts.Node4.IsValid() {
 		a := opts.Node4.As4()
@@ -207,7 +222,7 @@ func Load(opts Options) (*Objects, error) {
 		o.Close()
 		return nil, fmt.Errorf("load pass spec: %w", err)
 	}
-	if err := setConsts(passSpec, map[string]any{"sid_len": uint32(opts.ServerIDLen)}); err != nil {
+	if err := setConsts(passSpec, consts); err != nil {
 		o.Close()
 		return nil, err
 	}

@@ -26,7 +26,7 @@ func requireBPF(t *testing.T) {
 
 func testOptions() Options {
 	return Options{
-		ServerIDLen: 2, TunnelPort: 6081, UplinkMTU: 1600,
+		ServerIDLen: 2, CIDLen: 8, TunnelPort: 6081, UplinkMTU: 1600,
 		Node4: netip.MustParseAddr("198.18.20.2"), Node6: netip.MustParseAddr("2001:2:0:20::2"),
 	}
 }
@@ -71,10 +71,12 @@ func TestLoad(t *testing.T) {
 
 func TestLoadRejectsOptions(t *testing.T) {
 	for _, o := range []Options{
-		{ServerIDLen: 0}, {ServerIDLen: 7},
-		{ServerIDLen: 2, Node4: netip.MustParseAddr("2001:2::1")},
-		{ServerIDLen: 2, Node6: netip.MustParseAddr("198.18.0.1")},
-		{ServerIDLen: 2, UplinkMTU: 70000},
+		{ServerIDLen: 0, CIDLen: 8}, {ServerIDLen: 7, CIDLen: 20},
+		{ServerIDLen: 2, CIDLen: 6}, {ServerIDLen: 6, CIDLen: 10}, {ServerIDLen: 2, CIDLen: 21},
+		{ServerIDLen: 2, CIDLen: 8, ConfigRotation: 7},
+		{ServerIDLen: 2, CIDLen: 8, Node4: netip.MustParseAddr("2001:2::1")},
+		{ServerIDLen: 2, CIDLen: 8, Node6: netip.MustParseAddr("198.18.0.1")},
+		{ServerIDLen: 2, CIDLen: 8, UplinkMTU: 70000},
 	} {
 		if _, err := Load(o); !errors.Is(err, ErrOptions) {
 			t.Errorf("Load(%+v) = %v, want ErrOptions", o, err)

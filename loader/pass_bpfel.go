@@ -16,10 +16,12 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	passProgXdpParse = "xdp_parse"
-	passProgXdpPass  = "xdp_pass"
-	passVarParseSink = "parse_sink"
-	passVarSidLen    = "sid_len"
+	passProgXdpParse      = "xdp_parse"
+	passProgXdpPass       = "xdp_pass"
+	passVarCidLen         = "cid_len"
+	passVarConfigRotation = "config_rotation"
+	passVarParseSink      = "parse_sink"
+	passVarSidLen         = "sid_len"
 )
 
 // loadPass returns the embedded CollectionSpec for pass.
@@ -78,8 +80,10 @@ type passMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type passVariableSpecs struct {
-	ParseSink *ebpf.VariableSpec `ebpf:"parse_sink"`
-	SidLen    *ebpf.VariableSpec `ebpf:"sid_len"`
+	CidLen         *ebpf.VariableSpec `ebpf:"cid_len"`
+	ConfigRotation *ebpf.VariableSpec `ebpf:"config_rotation"`
+	ParseSink      *ebpf.VariableSpec `ebpf:"parse_sink"`
+	SidLen         *ebpf.VariableSpec `ebpf:"sid_len"`
 }
 
 // passObjects contains all objects after they have been loaded into the kernel.
@@ -112,8 +116,10 @@ func (m *passMaps) Close() error {
 //
 // It can be passed to loadPassObjects or ebpf.CollectionSpec.LoadAndAssign.
 type passVariables struct {
-	ParseSink *ebpf.Variable `ebpf:"parse_sink"`
-	SidLen    *ebpf.Variable `ebpf:"sid_len"`
+	CidLen         *ebpf.Variable `ebpf:"cid_len"`
+	ConfigRotation *ebpf.Variable `ebpf:"config_rotation"`
+	ParseSink      *ebpf.Variable `ebpf:"parse_sink"`
+	SidLen         *ebpf.Variable `ebpf:"sid_len"`
 }
 
 // passPrograms contains all programs after they have been loaded into the kernel.

@@ -117,21 +117,23 @@ type podSvcVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	podMapClients    = "clients"
-	podMapCounters   = "counters"
-	podMapEgress     = "egress"
-	podMapInstances  = "instances"
-	podMapPeerAddrs  = "peer_addrs"
-	podMapPeers      = "peers"
-	podMapServices   = "services"
-	podProgXdpPod    = "xdp_pod"
-	podVarHasNode4   = "has_node4"
-	podVarHasNode6   = "has_node6"
-	podVarNode4      = "node4"
-	podVarNode6      = "node6"
-	podVarSidLen     = "sid_len"
-	podVarTunnelPort = "tunnel_port"
-	podVarUplinkMtu  = "uplink_mtu"
+	podMapClients        = "clients"
+	podMapCounters       = "counters"
+	podMapEgress         = "egress"
+	podMapInstances      = "instances"
+	podMapPeerAddrs      = "peer_addrs"
+	podMapPeers          = "peers"
+	podMapServices       = "services"
+	podProgXdpPod        = "xdp_pod"
+	podVarCidLen         = "cid_len"
+	podVarConfigRotation = "config_rotation"
+	podVarHasNode4       = "has_node4"
+	podVarHasNode6       = "has_node6"
+	podVarNode4          = "node4"
+	podVarNode6          = "node6"
+	podVarSidLen         = "sid_len"
+	podVarTunnelPort     = "tunnel_port"
+	podVarUplinkMtu      = "uplink_mtu"
 )
 
 // loadPod returns the embedded CollectionSpec for pod.
@@ -196,13 +198,15 @@ type podMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podVariableSpecs struct {
-	HasNode4   *ebpf.VariableSpec `ebpf:"has_node4"`
-	HasNode6   *ebpf.VariableSpec `ebpf:"has_node6"`
-	Node4      *ebpf.VariableSpec `ebpf:"node4"`
-	Node6      *ebpf.VariableSpec `ebpf:"node6"`
-	SidLen     *ebpf.VariableSpec `ebpf:"sid_len"`
-	TunnelPort *ebpf.VariableSpec `ebpf:"tunnel_port"`
-	UplinkMtu  *ebpf.VariableSpec `ebpf:"uplink_mtu"`
+	CidLen         *ebpf.VariableSpec `ebpf:"cid_len"`
+	ConfigRotation *ebpf.VariableSpec `ebpf:"config_rotation"`
+	HasNode4       *ebpf.VariableSpec `ebpf:"has_node4"`
+	HasNode6       *ebpf.VariableSpec `ebpf:"has_node6"`
+	Node4          *ebpf.VariableSpec `ebpf:"node4"`
+	Node6          *ebpf.VariableSpec `ebpf:"node6"`
+	SidLen         *ebpf.VariableSpec `ebpf:"sid_len"`
+	TunnelPort     *ebpf.VariableSpec `ebpf:"tunnel_port"`
+	UplinkMtu      *ebpf.VariableSpec `ebpf:"uplink_mtu"`
 }
 
 // podObjects contains all objects after they have been loaded into the kernel.
@@ -250,13 +254,15 @@ func (m *podMaps) Close() error {
 //
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podVariables struct {
-	HasNode4   *ebpf.Variable `ebpf:"has_node4"`
-	HasNode6   *ebpf.Variable `ebpf:"has_node6"`
-	Node4      *ebpf.Variable `ebpf:"node4"`
-	Node6      *ebpf.Variable `ebpf:"node6"`
-	SidLen     *ebpf.Variable `ebpf:"sid_len"`
-	TunnelPort *ebpf.Variable `ebpf:"tunnel_port"`
-	UplinkMtu  *ebpf.Variable `ebpf:"uplink_mtu"`
+	CidLen         *ebpf.Variable `ebpf:"cid_len"`
+	ConfigRotation *ebpf.Variable `ebpf:"config_rotation"`
+	HasNode4       *ebpf.Variable `ebpf:"has_node4"`
+	HasNode6       *ebpf.Variable `ebpf:"has_node6"`
+	Node4          *ebpf.Variable `ebpf:"node4"`
+	Node6          *ebpf.Variable `ebpf:"node6"`
+	SidLen         *ebpf.Variable `ebpf:"sid_len"`
+	TunnelPort     *ebpf.Variable `ebpf:"tunnel_port"`
+	UplinkMtu      *ebpf.Variable `ebpf:"uplink_mtu"`
 }
 
 // podPrograms contains all programs after they have been loaded into the kernel.

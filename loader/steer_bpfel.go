@@ -125,21 +125,23 @@ type steerSvcVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	steerMapClients    = "clients"
-	steerMapCounters   = "counters"
-	steerMapEgress     = "egress"
-	steerMapInstances  = "instances"
-	steerMapPeerAddrs  = "peer_addrs"
-	steerMapPeers      = "peers"
-	steerMapServices   = "services"
-	steerProgXdpSteer  = "xdp_steer"
-	steerVarHasNode4   = "has_node4"
-	steerVarHasNode6   = "has_node6"
-	steerVarNode4      = "node4"
-	steerVarNode6      = "node6"
-	steerVarSidLen     = "sid_len"
-	steerVarTunnelPort = "tunnel_port"
-	steerVarUplinkMtu  = "uplink_mtu"
+	steerMapClients        = "clients"
+	steerMapCounters       = "counters"
+	steerMapEgress         = "egress"
+	steerMapInstances      = "instances"
+	steerMapPeerAddrs      = "peer_addrs"
+	steerMapPeers          = "peers"
+	steerMapServices       = "services"
+	steerProgXdpSteer      = "xdp_steer"
+	steerVarCidLen         = "cid_len"
+	steerVarConfigRotation = "config_rotation"
+	steerVarHasNode4       = "has_node4"
+	steerVarHasNode6       = "has_node6"
+	steerVarNode4          = "node4"
+	steerVarNode6          = "node6"
+	steerVarSidLen         = "sid_len"
+	steerVarTunnelPort     = "tunnel_port"
+	steerVarUplinkMtu      = "uplink_mtu"
 )
 
 // loadSteer returns the embedded CollectionSpec for steer.
@@ -204,13 +206,15 @@ type steerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type steerVariableSpecs struct {
-	HasNode4   *ebpf.VariableSpec `ebpf:"has_node4"`
-	HasNode6   *ebpf.VariableSpec `ebpf:"has_node6"`
-	Node4      *ebpf.VariableSpec `ebpf:"node4"`
-	Node6      *ebpf.VariableSpec `ebpf:"node6"`
-	SidLen     *ebpf.VariableSpec `ebpf:"sid_len"`
-	TunnelPort *ebpf.VariableSpec `ebpf:"tunnel_port"`
-	UplinkMtu  *ebpf.VariableSpec `ebpf:"uplink_mtu"`
+	CidLen         *ebpf.VariableSpec `ebpf:"cid_len"`
+	ConfigRotation *ebpf.VariableSpec `ebpf:"config_rotation"`
+	HasNode4       *ebpf.VariableSpec `ebpf:"has_node4"`
+	HasNode6       *ebpf.VariableSpec `ebpf:"has_node6"`
+	Node4          *ebpf.VariableSpec `ebpf:"node4"`
+	Node6          *ebpf.VariableSpec `ebpf:"node6"`
+	SidLen         *ebpf.VariableSpec `ebpf:"sid_len"`
+	TunnelPort     *ebpf.VariableSpec `ebpf:"tunnel_port"`
+	UplinkMtu      *ebpf.VariableSpec `ebpf:"uplink_mtu"`
 }
 
 // steerObjects contains all objects after they have been loaded into the kernel.
@@ -258,13 +262,15 @@ func (m *steerMaps) Close() error {
 //
 // It can be passed to loadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type steerVariables struct {
-	HasNode4   *ebpf.Variable `ebpf:"has_node4"`
-	HasNode6   *ebpf.Variable `ebpf:"has_node6"`
-	Node4      *ebpf.Variable `ebpf:"node4"`
-	Node6      *ebpf.Variable `ebpf:"node6"`
-	SidLen     *ebpf.Variable `ebpf:"sid_len"`
-	TunnelPort *ebpf.Variable `ebpf:"tunnel_port"`
-	UplinkMtu  *ebpf.Variable `ebpf:"uplink_mtu"`
+	CidLen         *ebpf.Variable `ebpf:"cid_len"`
+	ConfigRotation *ebpf.Variable `ebpf:"config_rotation"`
+	HasNode4       *ebpf.Variable `ebpf:"has_node4"`
+	HasNode6       *ebpf.Variable `ebpf:"has_node6"`
+	Node4          *ebpf.Variable `ebpf:"node4"`
+	Node6          *ebpf.Variable `ebpf:"node6"`
+	SidLen         *ebpf.Variable `ebpf:"sid_len"`
+	TunnelPort     *ebpf.Variable `ebpf:"tunnel_port"`
+	UplinkMtu      *ebpf.Variable `ebpf:"uplink_mtu"`
 }
 
 // steerPrograms contains all programs after they have been loaded into the kernel.

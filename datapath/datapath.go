@@ -1,0 +1,477 @@
+// Package datapath is the Go side of steerd's XDP datapath: typed map
+// wrappers and the API the daemon calls to route QUIC instances (see
+// docs/datapath.md and docs/architecture.md "Path of a packet").
+//
+// A node runs xdp_steer on its uplink and xdp_pod on the host-side veth of
+// every pod. Instances are named by the QUIC-LB server ID in the DCID
+// (draft-ietf-quic-load-balancers-21 section 3, connid package).
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/steerd/steerd/connid"
+	"github.com/steerd/steerd/loader"
+)
+
+// Sentinel errors.
+var (
+	// ErrConfig reports an invalid Config or argument.
+	ErrConfig = errors.New("invalid datapath config")
+	// ErrMTU reports an uplink MTU too small for encapsulated service traffic.
+	ErrMTU = errors.New("uplink MTU too small for encapsulation")
+	// ErrUnknownPeer reports a peer ID that AddPeer never added.
+	ErrUnknownPeer = errors.New("unknown peer")
+)
+
+// Encapsulation overheads in bytes: outer IPv4 (20) or IPv6 (40) plus UDP (8).
+const (
+	Encap4Overhead = 28
+	Encap6Overhead = 48
+)
+
+// DefaultMaxUDPPayload is the largest UDP payload assumed for services
+// (bytes; quic-go's maximum packet size on a 1500-byte IPv4 path).
+const DefaultMaxUDPPayload = 1452
+
+// PeerID names a peer node in the peers map.
+type PeerID uint32
+
+// Config configures Open.
+type Config struct {
+	// Uplink is the node's uplink interface name. Empty loads the programs
+	// without attaching them (tests, dry runs).
+	Uplink string
+	// NodeAddrs are this node's addresses on the uplink, at most one per
+	// family: the outer source address of encapsulated packets.
+	NodeAddrs []netip.Addr
+	// CID is the deployment's CID layout. It must be plaintext (Key nil)
+	// with LengthSelfEncoding on: the XDP program decodes only that.
+	CID connid.Config
+	// TunnelPort is the UDP port of the node-to-node tunnel; 0 disables
+	// forwarding and decapsulation.
+	TunnelPort uint16
+	// PinDir, when set, is where the maps are pinned (reused when present),
+	// usually loader.PinDirFor(loader.DefaultPinRoot). Its parent must be on
+	// a bpf filesystem (loader.EnsureBPFFS).
+	PinDir string
+	// UplinkMTU in bytes; 0 reads it from Uplink (1500 without Uplink).
+	UplinkMTU int
+	// MaxUDPPayload is the largest UDP payload of service traffic in bytes;
+	// 0 means DefaultMaxUDPPayload. CheckMTU uses it.
+	MaxUDPPayload int
+}
+
+// Service is a public QUIC service address on this node.
+type Service struct {
+	// Public is the address and UDP port clients send to.
+	Public netip.AddrPort
+	// DefaultInstance receives Initial/0-RTT packets whose DCID names no
+	// known instance, when HasDefault is set.
+	DefaultInstance connid.InstanceID
+	HasDefault      bool
+	// FallbackPeer receives them (encapsulated) when HasFallback is set and
+	// HasDefault is not: the service has no instance on this node.
+	FallbackPeer PeerID
+	HasFallback  bool
+}
+
+// LocalTarget is where a local instance's packets go.
+type LocalTarget struct {
+	// HostIfindex is the ifindex of the pod's host-side veth.
+	HostIfindex int
+	// Pod4 and Pod6 are the pod's addresses (either may be unset).
+	Pod4, Pod6 netip.Addr
+	// PodPort is the UDP port the service listens on inside the pod.
+	PodPort uint16
+	// Public are this node's public addresses of the service, at most one
+	// per family: replies to clients with no clients-map entry are sent
+	// from them (SNAT default).
+	Public []netip.AddrPort
+}
+
+// Peer is another node reachable through the tunnel.
+type Peer struct {
+	// Addr is the peer's uplink address (outer destination).
+	Addr netip.Addr
+}
+
+// Datapath is the loaded and attached XDP datapath of one node.
+type Datapath struct {
+	cfg  Config
+	objs *loader.Objects
+	maps Maps
+	mtu  int
+
+	mu       sync.Mutex
+	uplink   link.Link
+	uplinkIx int
+	pods     map[int][2]link.Link // host ifindex -> (pod program, pass program)
+}
+
+// Open loads the XDP objects (reusing pinned maps in cfg.PinDir) and, when
+// cfg.Uplink is set, attaches xdp_steer to it (native mode, generic
+// fallback with a warning).
+func Open(cfg Config) (*Datapath, error) {
+	if err := cfg.CID.Validate(); err != nil {
+		return nil, fmt.Errorf("open datapath: %w: %w", ErrConfig, err)
+	}
+	if cfg.CID.Key != nil || !cfg.CID.LengthSelfEncoding {
+		return nil, fmt.Errorf("open datapath: %w: XDP needs plaintext CIDs with length self-encoding", ErrConfig)
+	}
+	if cfg.MaxUDPPayload == 0 {
+		cfg.MaxUDPPayload = DefaultMaxUDPPayload
+	}
+	opts := loader.Options{
+		ServerIDLen:    cfg.CID.ServerIDLen,
+		CIDLen:         cfg.CID.CIDLen(),
+		ConfigRotation: cfg.CID.ConfigRotation,
+		TunnelPort:     cfg.TunnelPort,
+		PinDir:         cfg.PinDir,
+	}
+	for _, a := range cfg.NodeAddrs {
+		a = a.Unmap()
+		switch {
+		case a.Is4() && !opts.Node4.IsValid():
+			opts.Node4 = a
+		case a.Is6() && !opts.Node6.IsValid():
+			opts.Node6 = a
+		default:
+			return nil, fmt.Errorf("open datapath: %w: node address %s duplicates a family", ErrConfig, a)
+		}
+	}
+	mtu := cfg.UplinkMTU
+	ifindex := 0
+	if cfg.Uplink != "" {
+		l, err := netlink.LinkByName(cfg.Uplink)
+		if err != nil {
+			return nil, fmt.Errorf("open datapath: find uplink %s: %w", cfg.Uplink, err)
+		}
+		ifindex = l.Attrs().Index
+		if mtu == 0 {
+			mtu = l.Attrs().MTU
+		}
+	}
+	if mtu == 0 {
+		mtu = 1500
+	}
+	opts.UplinkMTU = mtu
+	if cfg.PinDir != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.PinDir), 0o700); err != nil {
+			return nil, fmt.Errorf("open datapath: %w", err)
+		}
+	}
+	objs, err := loader.Load(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath: %w", err)
+	}
+	d := &Datapath{cfg: cfg, objs: objs, mtu: mtu, pods: map[int][2]link.Link{}}
+	d.maps = Maps{
+		Services:  NewMap[ServiceKey, ServiceValue](objs.Maps.Services, "services"),
+		Instances: NewMap[uint64, InstanceValue](objs.Maps.Instances, "instances"),
+		Clients:   NewMap[ClientKey, ClientValue](objs.Maps.Clients, "clients"),
+		Peers:     NewMap[uint32, PeerValue](objs.Maps.Peers, "peers"),
+		PeerAddrs: NewMap[AddrKey, uint32](objs.Maps.PeerAddrs, "peer_addrs"),
+		Egress:    NewMap[EgressKey, EgressValue](objs.Maps.Egress, "egress"),
+		Counters:  Counters{objs.Maps.Counters},
+	}
+	if ifindex != 0 {
+		l, _, err := loader.AttachXDP(objs.Steer, ifindex)
+		if err != nil {
+			objs.Close()
+			return nil, fmt.Errorf("open datapath: %w", err)
+		}
+		d.uplink, d.uplinkIx = l, ifindex
+	}
+	return d, nil
+}
+
+// Maps returns the typed maps (for inspection and tests).
+func (d *Datapath) Maps() Maps { return d.maps }
+
+// Objects returns the loaded programs and maps.
+func (d *Datapath) Objects() *loader.Objects { return d.objs }
+
+// UplinkMTU returns the MTU the datapath checks encapsulated packets against.
+func (d *Datapath) UplinkMTU() int { return d.mtu }
+
+// CheckMTU reports whether an uplink with MTU mtu (bytes) carries a UDP
+// payload of maxPayload bytes inside an inner IPv6 header (the larger one),
+// encapsulated with an outer header of outer's family. The error wraps ErrMTU.
+func CheckMTU(mtu, maxPayload int, outer netip.Addr) error {
+	overhead := Encap4Overhead
+	if !outer.Unmap().Is4() {
+		overhead = Encap6Overhead
+	}
+	need := maxPayload + 8 + 40 + overhead
+	if need > mtu {
+		return fmt.Errorf("check MTU: %d-byte UDP payload in IPv6 needs %d bytes with %d bytes of encapsulation, uplink MTU is %d: %w",
+			maxPayload, need, overhead, mtu, ErrMTU)
+	}
+	return nil
+}
+
+// AddService adds or replaces a service.
+func (d *Datapath) AddService(s Service) error {
+	if !s.Public.IsValid() {
+		return fmt.Errorf("add service: %w: invalid public address", ErrConfig)
+	}
+	if err := d.checkInstance(s.DefaultInstance); s.HasDefault && err != nil {
+		return fmt.Errorf("add service: %w", err)
+	}
+	if s.HasFallback {
+		if _, err := d.maps.Peers.Lookup(uint32(s.FallbackPeer)); err != nil {
+			return fmt.Errorf("add service: fallback peer %d: %w", s.FallbackPeer, ErrUnknownPeer)
+		}
+	}
+	var v ServiceValue
+	if s.HasDefault {
+		v.DefaultInstance, v.Flags = uint64(s.DefaultInstance), v.Flags|ServiceHasDefault
+	}
+	if s.HasFallback {
+		v.FallbackPeer, v.Flags = uint32(s.FallbackPeer), v.Flags|ServiceHasFallback
+	}
+	if err := d.maps.Services.Put(serviceKey(s.Public), v); err != nil {
+		return fmt.Errorf("add service %s: %w", s.Public, err)
+	}
+	return nil
+}
+
+// DeleteService removes a service; the error wraps ErrNotFound if absent.
+func (d *Datapath) DeleteService(public netip.AddrPort) error {
+	if err := d.maps.Services.Delete(serviceKey(public)); err != nil {
+		return fmt.Errorf("delete service %s: %w", public, err)
+	}
+	return nil
+}
+
+func serviceKey(ap netip.AddrPort) ServiceKey {
+	a, f := addr16(ap.Addr())
+	return ServiceKey{Addr: a, Port: ap.Port(), Family: f}
+}
+
+func (d *Datapath) checkInstance(id connid.InstanceID) error {
+	if n := d.cfg.CID.ServerIDLen; n < 8 && uint64(id) >= 1<<(8*n) {
+		return fmt.Errorf("%w: instance %#x does not fit a %d-byte server ID", ErrConfig, uint64(id), n)
+	}
+	return nil
+}
+
+// keepStats copies the packet counter and last-seen time of an existing entry.
+func (d *Datapath) keepStats(id connid.InstanceID, v *InstanceValue) {
+	if old, err := d.maps.Instances.Lookup(uint64(id)); err == nil {
+		v.Packets, v.LastSeenNs = old.Packets, old.LastSeenNs
+	}
+}
+
+// SetLocal routes instance id to a pod on this node and records the pod's
+// egress (SNAT default) entries.
+func (d *Datapath) SetLocal(id connid.InstanceID, t LocalTarget) error {
+	if err := d.checkInstance(id); err != nil {
+		return fmt.Errorf("set local instance: %w", err)
+	}
+	if t.HostIfindex <= 0 || t.PodPort == 0 || (!t.Pod4.IsValid() && !t.Pod6.IsValid()) {
+		return fmt.Errorf("set local instance %#x: %w: need host ifindex, pod port and a pod address", uint64(id), ErrConfig)
+	}
+	v := InstanceValue{Kind: InstanceLocal, HostIfindex: uint32(t.HostIfindex), PodPort: t.PodPort}
+	if t.Pod4.IsValid() {
+		if !t.Pod4.Unmap().Is4() {
+			return fmt.Errorf("set local instance %#x: %w: Pod4 %s", uint64(id), ErrConfig, t.Pod4)
+		}
+		v.Pod4, v.Flags = t.Pod4.Unmap().As4(), v.Flags|InstanceHasPod4
+	}
+	if t.Pod6.IsValid() {
+		if !t.Pod6.Is6() || t.Pod6.Is4In6() {
+			return fmt.Errorf("set local instance %#x: %w: Pod6 %s", uint64(id), ErrConfig, t.Pod6)
+		}
+		v.Pod6, v.Flags = t.Pod6.As16(), v.Flags|InstanceHasPod6
+	}
+	for _, p := range t.Public {
+		a, f := addr16(p.Addr())
+		k := EgressKey{Ifindex: uint32(t.HostIfindex), PodPort: t.PodPort, Family: f}
+		if err := d.maps.Egress.Put(k, EgressValue{Addr: a, Port: p.Port(), Family: f}); err != nil {
+			return fmt.Errorf("set local instance %#x: %w", uint64(id), err)
+		}
+	}
+	d.keepStats(id, &v)
+	if err := d.maps.Instances.Put(uint64(id), v); err != nil {
+		return fmt.Errorf("set local instance %#x: %w", uint64(id), err)
+	}
+	return nil
+}
+
+// SetRemote routes instance id to peer (encapsulated).
+func (d *Datapath) SetRemote(id connid.InstanceID, peer PeerID) error {
+	if err := d.checkInstance(id); err != nil {
+		return fmt.Errorf("set remote instance: %w", err)
+	}
+	if _, err := d.maps.Peers.Lookup(uint32(peer)); err != nil {
+		return fmt.Errorf("set remote instance %#x: peer %d: %w", uint64(id), peer, ErrUnknownPeer)
+	}
+	v := InstanceValue{Kind: InstanceRemote, PeerID: uint32(peer)}
+	d.keepStats(id, &v)
+	if err := d.maps.Instances.Put(uint64(id), v); err != nil {
+		return fmt.Errorf("set remote instance %#x: %w", uint64(id), err)
+	}
+	return nil
+}
+
+// Delete removes instance id; the error wraps ErrNotFound if absent.
+// Egress entries stay until the pod is detached (DetachPod).
+func (d *Datapath) Delete(id connid.InstanceID) error {
+	if err := d.maps.Instances.Delete(uint64(id)); err != nil {
+		return fmt.Errorf("delete instance %#x: %w", uint64(id), err)
+	}
+	return nil
+}
+
+// InstanceStats returns how many packets were steered with instance id and
+// when the last one arrived (zero Time if never). The daemon drains a
+// forwarding entry once lastSeen is older than its drain period.
+func (d *Datapath) InstanceStats(id connid.InstanceID) (packets uint64, lastSeen time.Time, err error) {
+	v, err := d.maps.Instances.Lookup(uint64(id))
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("instance stats %#x: %w", uint64(id), err)
+	}
+	return v.Packets, monoToTime(v.LastSeenNs), nil
+}
+
+// monoToTime converts a CLOCK_MONOTONIC timestamp (bpf_ktime_get_ns) to wall time.
+func monoToTime(ns uint64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return time.Time{}
+	}
+	age := time.Duration(ts.Nano() - int64(ns))
+	return time.Now().Add(-age)
+}
+
+// AddPeer adds or replaces a peer node. It refuses a peer the uplink MTU
+// cannot reach with full-size service packets (error wraps ErrMTU), and
+// asks the kernel to resolve the neighbour towards it, since xdp_steer drops
+// (and counts) encapsulated packets that have no neighbour yet.
+func (d *Datapath) AddPeer(id PeerID, p Peer) error {
+	if !p.Addr.IsValid() {
+		return fmt.Errorf("add peer %d: %w: invalid address", id, ErrConfig)
+	}
+	if err := CheckMTU(d.mtu, d.cfg.MaxUDPPayload, p.Addr); err != nil {
+		return fmt.Errorf("add peer %d: %w", id, err)
+	}
+	a, f := addr16(p.Addr)
+	if old, err := d.maps.Peers.Lookup(uint32(id)); err == nil && (old.Addr != a || old.Family != f) {
+		_ = d.maps.PeerAddrs.Delete(AddrKey{Addr: old.Addr, Family: old.Family})
+	}
+	if err := d.maps.Peers.Put(uint32(id), PeerValue{Addr: a, Family: f}); err != nil {
+		return fmt.Errorf("add peer %d: %w", id, err)
+	}
+	if err := d.maps.PeerAddrs.Put(AddrKey{Addr: a, Family: f}, uint32(id)); err != nil {
+		return fmt.Errorf("add peer %d: %w", id, err)
+	}
+	resolveNeighbour(p.Addr.Unmap())
+	return nil
+}
+
+// DeletePeer removes a peer; the error wraps ErrNotFound if absent.
+func (d *Datapath) DeletePeer(id PeerID) error {
+	old, err := d.maps.Peers.Lookup(uint32(id))
+	if err != nil {
+		return fmt.Errorf("delete peer %d: %w", id, err)
+	}
+	_ = d.maps.PeerAddrs.Delete(AddrKey{Addr: old.Addr, Family: old.Family})
+	if err := d.maps.Peers.Delete(uint32(id)); err != nil {
+		return fmt.Errorf("delete peer %d: %w", id, err)
+	}
+	return nil
+}
+
+// AttachPod attaches xdp_pod to the pod's host-side veth (this netns) and
+// xdp_pass to the pod-side veth inside podNetNSPath: frames that xdp_steer
+// XDP_REDIRECTs into a veth are dropped unless the veth's peer runs an XDP
+// program. It also sets accept_local on the host veth, so that replies the
+// kernel routes (no neighbour yet) with the node's own address as source are
+// not dropped as martians. Call it again after a pod veth is recreated.
+func (d *Datapath) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.detachPodLocked(hostIfindex)
+	host, err := netlink.LinkByIndex(hostIfindex)
+	if err != nil {
+		return fmt.Errorf("attach pod: find host veth %d: %w", hostIfindex, err)
+	}
+	if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", host.Attrs().Name, "accept_local"), []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("attach pod: set accept_local on %s: %w", host.Attrs().Name, err)
+	}
+	lp, _, err := loader.AttachXDP(d.objs.Pod, hostIfindex)
+	if err != nil {
+		return fmt.Errorf("attach pod: %w", err)
+	}
+	lpass, _, err := loader.AttachXDPAt(d.objs.Pass, podNetNSPath, podIfindex)
+	if err != nil {
+		lp.Close()
+		return fmt.Errorf("attach pod: pod-side veth: %w", err)
+	}
+	d.pods[hostIfindex] = [2]link.Link{lp, lpass}
+	return nil
+}
+
+// DetachPod detaches the programs AttachPod attached for hostIfindex and
+// removes the egress entries of that veth.
+func (d *Datapath) DetachPod(hostIfindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.detachPodLocked(hostIfindex)
+	ents, err := d.maps.Egress.Entries()
+	if err != nil {
+		return fmt.Errorf("detach pod: %w", err)
+	}
+	for k := range ents {
+		if k.Ifindex == uint32(hostIfindex) {
+			_ = d.maps.Egress.Delete(k)
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) detachPodLocked(hostIfindex int) {
+	if ls, ok := d.pods[hostIfindex]; ok {
+		for _, l := range ls {
+			if l != nil {
+				l.Close()
+			}
+		}
+		delete(d.pods, hostIfindex)
+	}
+}
+
+// Counters returns the datapath counters summed over CPUs.
+func (d *Datapath) Counters() (map[Reason]uint64, error) { return d.maps.Counters.Read() }
+
+// Close detaches all programs and closes the objects. Pinned maps stay
+// (routing state survives a restart); loader.Unpin removes them.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for ix := range d.pods {
+		d.detachPodLocked(ix)
+	}
+	if d.uplink != nil {
+		errs = append(errs, d.uplink.Close())
+		d.uplink = nil
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
