@@ -326,4 +326,3 @@ func (d *Daemon) route(from string, q routeReq) error {
 
 // sha256Hex formats a digest.
 func sha256Hex(b [32]byte) string { return hex.EncodeToString(b[:]) }
-
