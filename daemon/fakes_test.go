@@ -404,4 +404,3 @@ func pair(t *testing.T) (a, b *node, c *calls, f *fail) {
 	c.mu.Unlock()
 	return a, b, c, f
 }
-
