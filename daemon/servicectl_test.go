@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeEndpoint serves the quicext control protocol on a fresh abstract socket in the current
+// netns. answer returns the response line for a request line ("" = never answer).
+func fakeEndpoint(t *testing.T, answer func(req map[string]any) string) string {
+	t.Helper()
+	addr := fmt.Sprintf("@steerd-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, err := bufio.NewReader(c).ReadBytes('\n')
+				if err != nil {
+					return
+				}
+				var req map[string]any
+				json.Unmarshal(line, &req)
+				a := answer(req)
+				if a == "" {
+					time.Sleep(10 * time.Second)
+					return
+				}
+				c.Write([]byte(a + "\n"))
+			}()
+		}
+	}()
+	return addr
+}
+
+func TestQuicextControl(t *testing.T) {
+	var got map[string]any
+	addr := fakeEndpoint(t, func(req map[string]any) string {
+		got = req
+		switch req["op"] {
+		case "prepare":
+			return `{"ok":true,"readiness":{"strategy":"symmetric","ready":[{"remote":"x"},{"remote":"y"}],"not_ready":[],"unsupported":[{"remote":"z"}],"elapsed_ms":12.5}}`
+		case "restored":
+			return `{"ok":true}`
+		}
+		return `{"ok":false,"error":"no migration prepared"}`
+	})
+	q := QuicextControl{Addr: addr}
+	tgt := Target{IPv4: netip.MustParseAddrPort("198.18.21.2:4433"), IPv6: netip.MustParseAddrPort("[2001:2:0:21::2]:4433")}
+	r, err := q.Prepare(context.Background(), "", tgt, "symmetric", 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ready != 2 || r.Unsupported != 1 || r.Elapsed != 12500*time.Microsecond {
+		t.Fatalf("readiness %+v", r)
+	}
+	tg := got["target"].(map[string]any)
+	if got["strategy"] != "symmetric" || got["timeout_ms"] != float64(500) || tg["ipv4"] != "198.18.21.2:4433" || tg["ipv6"] != "[2001:2:0:21::2]:4433" {
+		t.Fatalf("request %v", got)
+	}
+	if err := q.Restored(context.Background(), "", tgt); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Abort(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "no migration prepared") {
+		t.Fatalf("abort: %v", err)
+	}
+}
+
+func TestQuicextControlNeverAnswers(t *testing.T) {
+	addr := fakeEndpoint(t, func(map[string]any) string { return "" })
+	q := QuicextControl{Addr: addr, Grace: 100 * time.Millisecond}
+	start := time.Now()
+	_, err := q.Prepare(context.Background(), "", Target{}, "symmetric", 200*time.Millisecond)
+	el := time.Since(start)
+	if !errors.Is(err, ErrPrepareTimeout) {
+		t.Fatalf("err %v, want ErrPrepareTimeout", err)
+	}
+	if el < 300*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("gave up after %v, want about 300ms", el)
+	}
+	// No endpoint at all: a dial error, not a timeout.
+	q = QuicextControl{Addr: "@steerd-test-none-" + fmt.Sprint(time.Now().UnixNano())}
+	if _, err := q.Prepare(context.Background(), "", Target{}, "symmetric", 100*time.Millisecond); err == nil || errors.Is(err, ErrPrepareTimeout) {
+		t.Fatalf("missing endpoint: %v", err)
+	}
+}
