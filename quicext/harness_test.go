@@ -268,8 +268,11 @@ func (tb *testbed) dial(n int, opts ClientOptions, interval time.Duration) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
+	sem := make(chan struct{}, 10) // dial in waves of 10: a 2-core machine shared with other work
 	for range n {
 		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := Dial(ctx, tb.mc.Addr().String(), ctls, testQUICConf(), opts)
@@ -292,10 +295,10 @@ func (tb *testbed) dial(n int, opts ClientOptions, interval time.Duration) {
 	defer func() {
 		if tb.t.Failed() {
 			n := 0
-			for _, c := range tb.clients {
-				if c.Negotiated() == 0 {
+			for i, c := range tb.clients {
+				if c.Negotiated() == 0 || tb.echoes[i].received() < 2 {
 					n++
-					tb.t.Logf("not negotiated: %v ctx=%v", c.Conn.LocalAddr(), c.Conn.Context().Err())
+					tb.t.Logf("not ready: %v negotiated=%v echo=%d cause=%v", c.Conn.LocalAddr(), c.Negotiated(), tb.echoes[i].received(), context.Cause(c.Conn.Context()))
 				}
 			}
 			tb.t.Logf("not negotiated %d/%d; server status %+v", n, len(tb.clients), tb.srv.Status())
