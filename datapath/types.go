@@ -138,25 +138,25 @@ type Reason uint32
 // Counter reasons. The values are an ABI with the C enum (append only);
 // reason_test.go checks both through BTF.
 const (
-	ReasonLocal                 Reason = iota // delivered (redirected) to a local pod veth
-	ReasonForwarded                           // encapsulated to the peer that hosts the instance
-	ReasonDecapsulated                        // tunnel packet from a known peer, outer header removed
-	ReasonSNAT                                // pod reply rewritten to the address the client used
-	ReasonSNATDefault                         // pod reply with no client entry: node's service address
-	ReasonPassNotIP                           // not IPv4/IPv6
-	ReasonPassNotUDP                          // IP but not UDP, or extension header chain too long
-	ReasonPassNotService                      // UDP not addressed to a configured service
-	ReasonPassFragment                        // IPv4 MF/offset or IPv6 fragment header
-	ReasonPassUnknownInstance                 // DCID names no instance and no default applies
-	ReasonPassNoNeigh                         // rewritten, no neighbour entry: the kernel routes it
-	ReasonPassFIB                             // rewritten, FIB lookup failed otherwise: the kernel routes it
-	ReasonPassMalformed                       // truncated/inconsistent IP or UDP header
-	ReasonDropMalformed                       // UDP to a service with a malformed QUIC header
-	ReasonDropTooBig                          // encapsulated packet would exceed the uplink MTU
-	ReasonDropDecapUndeliverable              // decapsulated packet whose instance is not local
-	ReasonDropNoFamily                        // instance or node lacks an address of the family
-	ReasonDropPeerUnreachable                 // peer unknown, or no route/neighbour to it
-	ReasonDropError                           // helper failure
+	ReasonLocal                  Reason = iota // delivered (redirected) to a local pod veth
+	ReasonForwarded                            // encapsulated to the peer that hosts the instance
+	ReasonDecapsulated                         // tunnel packet from a known peer, outer header removed
+	ReasonSNAT                                 // pod reply rewritten to the address the client used
+	ReasonSNATDefault                          // pod reply with no client entry: node's service address
+	ReasonPassNotIP                            // not IPv4/IPv6
+	ReasonPassNotUDP                           // IP but not UDP, or extension header chain too long
+	ReasonPassNotService                       // UDP not addressed to a configured service
+	ReasonPassFragment                         // IPv4 MF/offset or IPv6 fragment header
+	ReasonPassUnknownInstance                  // DCID names no instance and no default applies
+	ReasonPassNoNeigh                          // rewritten, no neighbour entry: the kernel routes it
+	ReasonPassFIB                              // rewritten, FIB lookup failed otherwise: the kernel routes it
+	ReasonPassMalformed                        // truncated/inconsistent IP or UDP header
+	ReasonDropMalformed                        // UDP to a service with a malformed QUIC header
+	ReasonDropTooBig                           // encapsulated packet would exceed the uplink MTU
+	ReasonDropDecapUndeliverable               // decapsulated packet whose instance is not local
+	ReasonDropNoFamily                         // instance or node lacks an address of the family
+	ReasonDropPeerUnreachable                  // peer unknown, or no route/neighbour to it
+	ReasonDropError                            // helper failure
 	reasonMax
 )
 
