@@ -38,6 +38,9 @@ func TestMovableConn(t *testing.T) {
 	if s, err := read(); err == nil {
 		t.Fatalf("read while frozen: %q", s)
 	}
+	for deadline := time.Now().Add(2 * time.Second); m.DroppedFrozen.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if err := m.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +48,9 @@ func TestMovableConn(t *testing.T) {
 	peer.WriteTo([]byte("e"), net.UDPAddrFromAddrPort(next))
 	if s, err := read(); err != nil || s != "e" {
 		t.Fatalf("read after move: %q %v", s, err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); m.DroppedOld.Load() < 1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 	if m.DroppedOld.Load() != 1 || m.DroppedFrozen.Load() != 2 {
 		t.Fatalf("dropped old=%d frozen=%d", m.DroppedOld.Load(), m.DroppedFrozen.Load())
