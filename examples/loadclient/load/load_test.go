@@ -188,7 +188,8 @@ func TestRunLoopback(t *testing.T) {
 		t.Errorf("events %v, want 5 connected and 5 negotiated", evs)
 	}
 	mu.Unlock()
-	if sniff.short.Load() < 500 || sniff.foreign.Load() != 0 {
+	// Each request leaves in at least one short-header packet unless coalesced with the next.
+	if sniff.short.Load() < int64(rep.Sent)/2 || sniff.foreign.Load() != 0 {
 		t.Errorf("short-header packets: %d, with a foreign DCID: %d (%v)", sniff.short.Load(), sniff.foreign.Load(), sniff.firstForeignErr.Load())
 	}
 	t.Logf("sent %d, max gap %.1f ms, median latency %.2f ms", rep.Sent, rep.MaxGapMS, rep.Conns[0].Latency.Median)
@@ -253,8 +254,8 @@ func testMove(t *testing.T, st quicext.Strategy) {
 	if err != nil || len(r.Ready) != 5 {
 		t.Fatalf("prepare: %+v, %v", r, err)
 	}
-	frozeAt := time.Now()
 	mc.Freeze()
+	frozeAt := time.Now()
 	time.Sleep(freeze)
 	if err := mc.Restore(); err != nil {
 		t.Fatal(err)
@@ -278,12 +279,14 @@ func testMove(t *testing.T, st quicext.Strategy) {
 			t.Errorf("conn %d: ended on %s, switches %+v; want %s", c.Conn, c.ServerAddr, c.Switches, newAddr)
 		}
 		g := c.MaxGap
-		// The largest gap spans the freeze: it starts before it and ends after the restore.
-		if g.Start.After(frozeAt) || g.End.Before(restoredAt) {
+		// The largest gap spans the freeze: it starts before it (a response the server sent just
+		// before the freeze may still be read shortly after; slack) and ends after the restore.
+		const slack = 50 * time.Millisecond
+		if g.Start.After(frozeAt.Add(slack)) || g.End.Before(restoredAt) {
 			t.Errorf("conn %d: max gap %v..%v does not span the freeze %v..%v", c.Conn,
 				g.Start.Format("15:04:05.000"), g.End.Format("15:04:05.000"), frozeAt.Format("15:04:05.000"), restoredAt.Format("15:04:05.000"))
 		}
-		if g.MS < ms(freeze) || g.MS > ms(freeze)+700 {
+		if g.MS < ms(freeze-slack) || g.MS > ms(freeze)+700 {
 			t.Errorf("conn %d: max gap %.1f ms, want about the %v freeze", c.Conn, g.MS, freeze)
 		}
 		if len(c.Gaps) == 0 || c.Gaps[len(c.Gaps)-1] != g && !containsGap(c.Gaps, g) {
