@@ -95,7 +95,20 @@ type Config struct {
 	Peers       []PeerDef    `json:"peers"`
 	// NoDatapath runs without the XDP datapath (control plane only; for tests and dry runs).
 	NoDatapath bool `json:"no_datapath,omitempty"`
+	// TunnelPort is the UDP port of the node-to-node encapsulation (0: DefaultTunnelPort); every
+	// node of a cluster uses the same.
+	TunnelPort uint16 `json:"tunnel_port,omitempty"`
+	// ServerIDLen and NonceLen are the QUIC-LB CID layout of every service (bytes; 0: 2 and 8,
+	// kvservice's defaults): CID = 1 + ServerIDLen + NonceLen bytes (docs/architecture.md).
+	ServerIDLen int `json:"server_id_len,omitempty"`
+	NonceLen    int `json:"nonce_len,omitempty"`
+	// Runtime selects the container engine: "runc" (package migrate) or "none" (no containers:
+	// steerd only steers; Run and Migrate fail in the engine phases).
+	Runtime string `json:"runtime,omitempty"`
 }
+
+// DefaultTunnelPort is the UDP port of the node-to-node tunnel when a config gives none.
+const DefaultTunnelPort = 7444
 
 // LoadConfig reads a JSON config file; unknown fields are errors.
 func LoadConfig(path string) (*Config, error) {
@@ -162,6 +175,18 @@ func (c *Config) Normalize() error {
 	}
 	if len(c.PodNSPrefix) < 5 || c.PodNSPrefix[:5] != "stdr-" {
 		return bad("pod_ns_prefix %q must start with stdr-", c.PodNSPrefix)
+	}
+	if c.TunnelPort == 0 {
+		c.TunnelPort = DefaultTunnelPort
+	}
+	if c.ServerIDLen == 0 {
+		c.ServerIDLen = 2
+	}
+	if c.NonceLen == 0 {
+		c.NonceLen = 8
+	}
+	if c.Runtime == "" {
+		c.Runtime = "runc"
 	}
 	if c.PKIDir == "" {
 		return bad("pki_dir is required")

@@ -178,14 +178,14 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 			d.mu.Unlock()
 		}
 	}()
-	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
+	p, err := d.createPod(def)
 	if err != nil {
 		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
 	}
 	d.mu.Lock()
 	s.pod = p
 	d.mu.Unlock()
-	undo := func() { _ = d.pods.Delete(p) }
+	undo := func() { _ = d.deletePod(p) }
 	bundle, args := def.Bundle, def.Args
 	if req.Bundle != "" {
 		bundle = req.Bundle
@@ -296,4 +296,33 @@ func (d *Daemon) Routes() []api.Route {
 // imageDir returns the directory of a migration's image on this node.
 func (d *Daemon) imageDir(kind, id string) string {
 	return filepath.Join(d.cfg.StateDir, kind, id)
+}
+
+// createPod creates a service's pod namespace and attaches the datapath's pod programs.
+func (d *Daemon) createPod(def ServiceDef) (*pod.Pod, error) {
+	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
+	if err != nil {
+		return nil, err
+	}
+	if pa, ok := d.dp.(podAttacher); ok {
+		if err := pa.AttachPod(p.HostIndex, p.Path(), p.PodIndex); err != nil {
+			_ = d.pods.Delete(p)
+			return nil, fmt.Errorf("attach datapath to pod %s: %w", p.NetNS, err)
+		}
+	}
+	return p, nil
+}
+
+// deletePod detaches the datapath from a pod and deletes its namespace.
+func (d *Daemon) deletePod(p *pod.Pod) error {
+	var errs []error
+	if pa, ok := d.dp.(podAttacher); ok {
+		if err := pa.DetachPod(p.HostIndex); err != nil {
+			errs = append(errs, fmt.Errorf("detach datapath from pod %s: %w", p.NetNS, err))
+		}
+	}
+	if err := d.pods.Delete(p); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }

@@ -141,7 +141,7 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	if err := os.MkdirAll(in.dir, 0o700); err != nil {
 		return fail(fmt.Errorf("create image directory: %w", err))
 	}
-	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
+	p, err := d.createPod(def)
 	if err != nil {
 		return fail(fmt.Errorf("create pod for %s: %w", def.Name, err))
 	}
@@ -279,7 +279,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 		}
 	}
 	if in.pod != nil {
-		if err := d.pods.Delete(in.pod); err != nil {
+		if err := d.deletePod(in.pod); err != nil {
 			errs = append(errs, fmt.Errorf("delete pod: %w", err))
 		}
 	}

@@ -352,7 +352,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 			errs = append(errs, fmt.Errorf("complete checkpoint of %s: %w", def.Name, err))
 		}
 		if oldPod != nil {
-			if err := d.pods.Delete(oldPod); err != nil {
+			if err := d.deletePod(oldPod); err != nil {
 				errs = append(errs, fmt.Errorf("delete source pod: %w", err))
 			}
 		}

@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/steerd/steerd/connid"
+	"github.com/steerd/steerd/datapath"
+)
+
+// XDP adapts package datapath to the daemon's Datapath interface: peers are named (datapath
+// PeerID = 1 + index in Config.Peers), and each service's public addresses (the node's IPv4/IPv6
+// with the service port) are kept in the datapath's services map: default instance while the
+// service runs here, fallback to the peer it moved to otherwise.
+type XDP struct {
+	DP  *datapath.Datapath
+	cfg *Config
+
+	mu    sync.Mutex
+	peers map[string]datapath.PeerID
+}
+
+// OpenXDP loads and attaches the XDP datapath on cfg.Uplink and adds the configured peers.
+func OpenXDP(cfg *Config) (*XDP, error) {
+	var addrs []netip.Addr
+	for _, a := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
+		if a.IsValid() {
+			addrs = append(addrs, a)
+		}
+	}
+	dp, err := datapath.Open(datapath.Config{
+		Uplink: cfg.Uplink, NodeAddrs: addrs, TunnelPort: cfg.TunnelPort,
+		CID: connid.DefaultConfig(cfg.ServerIDLen, cfg.NonceLen),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open datapath on %s: %w", cfg.Uplink, err)
+	}
+	x := &XDP{DP: dp, cfg: cfg, peers: map[string]datapath.PeerID{}}
+	for i, p := range cfg.Peers {
+		id := datapath.PeerID(i + 1)
+		if err := dp.AddPeer(id, datapath.Peer{Addr: p.Address}); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("add peer %s: %w", p.Name, err)
+		}
+		x.peers[p.Name] = id
+	}
+	return x, nil
+}
+
+func (x *XDP) service(instance uint64) (ServiceDef, []netip.AddrPort, bool) {
+	for _, s := range x.cfg.Services {
+		if s.Instance == instance {
+			var pub []netip.AddrPort
+			for _, a := range []netip.Addr{x.cfg.IPv4, x.cfg.IPv6} {
+				if a.IsValid() {
+					pub = append(pub, netip.AddrPortFrom(a, s.Port))
+				}
+			}
+			return s, pub, true
+		}
+	}
+	return ServiceDef{}, nil, false
+}
+
+// SetLocal implements Datapath.
+func (x *XDP) SetLocal(instance uint64, t LocalTarget) error {
+	_, pub, ok := x.service(instance)
+	if err := x.DP.SetLocal(connid.InstanceID(instance), datapath.LocalTarget{
+		HostIfindex: t.HostIfindex, Pod4: t.Pod4, Pod6: t.Pod6, PodPort: t.PodPort, Public: pub,
+	}); err != nil {
+		return err
+	}
+	if !ok {
+		return nil
+	}
+	for _, p := range pub {
+		if err := x.DP.AddService(datapath.Service{Public: p, DefaultInstance: connid.InstanceID(instance), HasDefault: true}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetRemote implements Datapath.
+func (x *XDP) SetRemote(instance uint64, peer string) error {
+	x.mu.Lock()
+	id, ok := x.peers[peer]
+	x.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("set remote: %w: %q", ErrUnknownPeer, peer)
+	}
+	if err := x.DP.SetRemote(connid.InstanceID(instance), id); err != nil {
+		return err
+	}
+	if _, pub, ok := x.service(instance); ok {
+		for _, p := range pub {
+			if err := x.DP.AddService(datapath.Service{Public: p, FallbackPeer: id, HasFallback: true}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements Datapath; a missing entry is not an error.
+func (x *XDP) Delete(instance uint64) error {
+	if err := x.DP.Delete(connid.InstanceID(instance)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// InstanceStats implements Datapath; a missing entry has zero stats.
+func (x *XDP) InstanceStats(instance uint64) (InstanceStats, error) {
+	n, last, err := x.DP.InstanceStats(connid.InstanceID(instance))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return InstanceStats{}, nil
+	}
+	return InstanceStats{Packets: n, LastSeen: last}, err
+}
+
+// Counters implements Datapath.
+func (x *XDP) Counters() (map[string]uint64, error) {
+	cs, err := x.DP.Counters()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(cs))
+	for r, v := range cs {
+		out[r.String()] = v
+	}
+	return out, nil
+}
+
+// AttachPod attaches the pod programs to a pod's veth pair (see datapath.AttachPod).
+func (x *XDP) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error {
+	return x.DP.AttachPod(hostIfindex, podNetNSPath, podIfindex)
+}
+
+// DetachPod detaches them.
+func (x *XDP) DetachPod(hostIfindex int) error { return x.DP.DetachPod(hostIfindex) }
+
+// Close implements Datapath.
+func (x *XDP) Close() error { return x.DP.Close() }
+
+// podAttacher is implemented by datapaths that need the pod veths (XDP).
+type podAttacher interface {
+	AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error
+	DetachPod(hostIfindex int) error
+}
