@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,12 +203,15 @@ func TestRunLoopback(t *testing.T) {
 // connection must switch to the new address, lose nothing, keep its counter, and report a
 // largest gap that spans the freeze.
 func TestRunMove(t *testing.T) {
-	for _, st := range []quicext.Strategy{quicext.StrategySymmetric, quicext.StrategyExplicit} {
-		t.Run(st.String(), func(t *testing.T) { testMove(t, st) })
+	for _, st := range []quicext.Strategy{quicext.StrategySymmetric, quicext.StrategyExplicit, quicext.StrategyExplicitReactive} {
+		t.Run(st.String(), func(t *testing.T) { testMove(t, st, false) })
 	}
+	// The same move driven through the service's control endpoint (quicext control protocol on
+	// an abstract unix socket), as steerd drives it.
+	t.Run("symmetric-via-control", func(t *testing.T) { testMove(t, quicext.StrategySymmetric, true) })
 }
 
-func testMove(t *testing.T, st quicext.Strategy) {
+func testMove(t *testing.T, st quicext.Strategy, viaControl bool) {
 	const freeze = 300 * time.Millisecond
 	mc, err := quicexttest.Listen("udp4", "127.0.0.2:0")
 	if err != nil {
@@ -250,8 +256,24 @@ func testMove(t *testing.T, st quicext.Strategy) {
 	target := quicext.Target{IPv4: newAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	r, err := srv.Prepare(ctx, target, func(*quic.Conn) quicext.Strategy { return st })
-	if err != nil || len(r.Ready) != 5 {
+	prepare := func() (quicext.Readiness, error) {
+		return srv.Prepare(ctx, target, func(*quic.Conn) quicext.Strategy { return st })
+	}
+	restored := func() error { return srv.Restored(ctx, target) }
+	if viaControl {
+		addr := fmt.Sprintf("@stdr-load-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+		l, err := quicext.ListenControl(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go svc.ServeControl(l)
+		cc := quicext.NewControlClient(addr)
+		prepare = func() (quicext.Readiness, error) { return cc.Prepare(ctx, target, st.String(), time.Second, false) }
+		restored = func() error { return cc.Restored(ctx, target) }
+	}
+	r, err := prepare()
+	if err != nil || len(r.Ready) != 5 || r.Strategy != st {
 		t.Fatalf("prepare: %+v, %v", r, err)
 	}
 	mc.Freeze()
@@ -261,7 +283,7 @@ func testMove(t *testing.T, st quicext.Strategy) {
 		t.Fatal(err)
 	}
 	restoredAt := time.Now()
-	if err := srv.Restored(ctx, target); err != nil {
+	if err := restored(); err != nil {
 		t.Fatalf("restored: %v", err)
 	}
 
