@@ -10,6 +10,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -402,7 +403,8 @@ func (d *Datapath) DeletePeer(id PeerID) error {
 // XDP_REDIRECTs into a veth are dropped unless the veth's peer runs an XDP
 // program. It also sets accept_local on the host veth, so that replies the
 // kernel routes (no neighbour yet) with the node's own address as source are
-// not dropped as martians. Call it again after a pod veth is recreated.
+// not dropped as martians, and turns off TX checksum offload on the pod-side
+// veth (see SetTxChecksum). Call it again after a pod veth is recreated.
 func (d *Datapath) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -413,6 +415,15 @@ func (d *Datapath) AttachPod(hostIfindex int, podNetNSPath string, podIfindex in
 	}
 	if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", host.Attrs().Name, "accept_local"), []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("attach pod: set accept_local on %s: %w", host.Attrs().Name, err)
+	}
+	if err := loader.Do(podNetNSPath, func() error {
+		ifc, err := net.InterfaceByIndex(podIfindex)
+		if err != nil {
+			return err
+		}
+		return SetTxChecksum(ifc.Name, false)
+	}); err != nil {
+		return fmt.Errorf("attach pod: pod-side veth checksum offload: %w", err)
 	}
 	lp, _, err := loader.AttachXDP(d.objs.Pod, hostIfindex)
 	if err != nil {
