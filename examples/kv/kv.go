@@ -125,7 +125,7 @@ func trimEOL(line string) string {
 }
 
 // ParseRequest parses one request line (with or without its '\n'). On error it also returns the
-// sequence number when one could be read (ok reports it), so the ERR response can carry it. The
+// sequence number when one could be read (seqOK reports it), so the ERR response can carry it. The
 // error wraps ErrMalformed.
 func ParseRequest(line string) (r Request, seqOK bool, err error) {
 	f := strings.Split(trimEOL(line), " ")

@@ -80,9 +80,12 @@ type Config struct {
 
 // Listener is one listen address of a Service.
 type Listener struct {
-	Server    *quicext.Server
+	// Server runs the migration extension on the connections of this address.
+	Server *quicext.Server
+	// Transport is the quic-go transport over Conn, with the connid.Generator.
 	Transport *quic.Transport
-	Conn      net.PacketConn
+	// Conn is the UDP socket (or the Config.Conns entry).
+	Conn net.PacketConn
 }
 
 // Service serves the kv protocol over QUIC with the migration extension.

@@ -135,6 +135,9 @@ type ConnReport struct {
 	// Wrong counts responses with the wrong key, an ERR line, a malformed line, or a value that
 	// is not the previous value plus one (a reset means the service lost its state).
 	Wrong uint64 `json:"wrong"`
+	// LastResponse is when the last response arrived (with Lost > 0: when the service was last
+	// seen answering).
+	LastResponse time.Time `json:"last_response"`
 	// FirstValue and LastValue are the first and last counter values received.
 	FirstValue uint64 `json:"first_value"`
 	LastValue  uint64 `json:"last_value"`
@@ -488,7 +491,7 @@ func (r *runner) report() ConnReport {
 	cr := ConnReport{
 		Conn: r.id, Key: r.key, Negotiated: r.cc.Negotiated().String(),
 		Sent: uint64(len(r.sentAt)), Received: r.received, OutOfOrder: r.ooo, Wrong: r.wrong,
-		FirstValue: r.firstVal, LastValue: r.lastVal, MaxGap: r.maxGap, Gaps: r.gaps,
+		FirstValue: r.firstVal, LastValue: r.lastVal, MaxGap: r.maxGap, Gaps: r.gaps, LastResponse: r.lastRcv,
 		Switches: r.switches, ServerAddr: r.cc.ServerAddr().String(), LocalAddr: r.local,
 	}
 	answered := uint64(len(r.lat))

@@ -374,3 +374,35 @@ func TestPinnedTLSMismatch(t *testing.T) {
 		t.Error("short pin accepted")
 	}
 }
+
+// TestRunDetectsForeignWrites runs two clients on the same key: each sees the counter jump by
+// the other's increments, which is what a counter that did not continue looks like, so both
+// must report wrong responses (and still lose nothing).
+func TestRunDetectsForeignWrites(t *testing.T) {
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stls, ctls := tlsConfs(t)
+	startService(t, pc, stls)
+	reps := make(chan *load.Report, 2)
+	for range 2 {
+		go func() {
+			rep, err := load.Run(context.Background(), load.Options{Addr: pc.LocalAddr().String(), KeyPrefix: "shared",
+				Duration: 500 * time.Millisecond, TLS: ctls})
+			if err != nil {
+				t.Error(err)
+			}
+			reps <- rep
+		}()
+	}
+	for range 2 {
+		rep := <-reps
+		if rep == nil {
+			continue
+		}
+		if rep.Wrong == 0 || rep.Lost != 0 || rep.OutOfOrder != 0 || rep.OK() {
+			t.Errorf("report: wrong %d lost %d ooo %d ok %v; want wrong > 0 only", rep.Wrong, rep.Lost, rep.OutOfOrder, rep.OK())
+		}
+	}
+}
