@@ -120,7 +120,7 @@ func CheckListenAddr(addr string) error {
 	if err != nil {
 		return fmt.Errorf("check listen address %q: want an IP literal: %w", addr, err)
 	}
-	if ip.IsUnspecified() {
+	if ip.Unmap().IsUnspecified() {
 		return fmt.Errorf("check listen address %q: bind the pod address (after a move quic-go would send from a stale IP_PKTINFO source): %w", addr, ErrWildcard)
 	}
 	return nil
