@@ -1,0 +1,107 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/steerd/steerd/pki"
+)
+
+// ServeOptions are the collaborators Serve may take from its caller; nil fields get the real
+// implementations (XDP datapath unless Config.NoDatapath, quicext control endpoint, NoEngine
+// until package migrate is wired).
+type ServeOptions struct {
+	Logger   *slog.Logger
+	Engine   Engine
+	Datapath Datapath
+	Control  ServiceControl
+	// Ready, when set, is called once every listener is up.
+	Ready func(*Daemon)
+}
+
+// Serve runs a node daemon until ctx ends: it loads the node certificate, opens the datapath,
+// listens on the peer channel, the control socket and the metrics address, then waits. On return
+// every listener is closed; containers keep running.
+func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
+	if err := cfg.Normalize(); err != nil {
+		return err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	node, err := pki.LoadNode(cfg.PKIDir, cfg.Node)
+	if err != nil {
+		return fmt.Errorf("serve: node certificate: %w", err)
+	}
+	roots, err := pki.LoadRoots(cfg.PKIDir)
+	if err != nil {
+		return fmt.Errorf("serve: cluster CA: %w", err)
+	}
+	cert := node.TLSCertificate()
+	dp := o.Datapath
+	if dp == nil && !cfg.NoDatapath {
+		x, err := OpenXDP(cfg)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		dp = x
+	}
+	if dp != nil {
+		defer dp.Close()
+	}
+	eng := o.Engine
+	if eng == nil {
+		eng = NoEngine{}
+		if cfg.Runtime != "none" {
+			log.Warn("container engine not available: runs without containers (package migrate is not wired yet)", "runtime", cfg.Runtime)
+		}
+	}
+	ctl := o.Control
+	if ctl == nil {
+		ctl = QuicextControl{}
+	}
+	d, err := New(cfg, Deps{Datapath: dp, Engine: eng, Control: ctl, Dial: Dialer(cfg, cert, roots), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ps, err := d.ListenPeers(cert, roots)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer ps.Close()
+	cs, err := d.ListenControl(cfg.ControlSocket)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer cs.Close()
+	var ms *http.Server
+	if cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("serve: metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.MetricsHandler())
+		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go ms.Serve(ln)
+		defer ms.Close()
+	}
+	log.Info("steerd ready", "node", cfg.Node, "peer_listen", ps.Addr().String(), "control", cfg.ControlSocket,
+		"metrics", cfg.MetricsListen, "datapath", dp != nil, "services", len(cfg.Services), "peers", len(cfg.Peers))
+	if o.Ready != nil {
+		o.Ready(d)
+	}
+	<-ctx.Done()
+	log.Info("steerd stopping", "node", cfg.Node)
+	if errors.Is(context.Cause(ctx), context.Canceled) {
+		return nil
+	}
+	return context.Cause(ctx)
+}
