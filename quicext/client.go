@@ -118,6 +118,7 @@ type ClientConn struct {
 	localIP  net.IP
 	tlsDone  chan struct{}
 	quicConf *quic.Config
+	netns    dialNetNS // namespace of Dial's caller: every path's socket is opened there
 
 	mu         sync.Mutex
 	negotiated Strategy
@@ -159,8 +160,10 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.
 		c.localIP = opts.ListenAddr.IP
 	}
 	c.server = udpAddrPort(raddr)
+	c.netns = captureNetNS()
 	pc, err := c.newPathConn(raddr)
 	if err != nil {
+		c.netns.close()
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
@@ -168,6 +171,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.
 	if err != nil {
 		tr.Close()
 		pc.Close()
+		c.netns.close()
 		return nil, fmt.Errorf("dial quic: %w", err)
 	}
 	c.Conn = conn
@@ -184,13 +188,18 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.
 			t.Close()
 			t.Conn.Close()
 		}
+		c.netns.close()
 	}()
 	return c, nil
 }
 
 func (c *ClientConn) newPathConn(dst *net.UDPAddr) (*pathConn, error) {
 	la := &net.UDPAddr{IP: c.localIP}
-	uc, err := net.ListenUDP(c.network, la)
+	var uc *net.UDPConn
+	err := c.netns.do(func() (err error) {
+		uc, err = net.ListenUDP(c.network, la)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listen udp for path: %w", err)
 	}
