@@ -176,3 +176,30 @@ func TestDifferentialRouteInfo(t *testing.T) {
 	}
 	t.Logf("outcomes: %v", kinds)
 }
+
+// FuzzSteerVsRouteInfo is the differential test as a fuzz target: any UDP
+// payload to the service must get the outcome connid.RouteInfo predicts.
+// Run with: go test -fuzz FuzzSteerVsRouteInfo ./datapath/ (root).
+func FuzzSteerVsRouteInfo(f *testing.F) {
+	for _, s := range [][]byte{
+		quicPayload, shortHdr(cid(0, instRemote6)), longHdr(1, 0, cid(0, instRemote4), nil),
+		longHdr(0x6b3343cf, 2, []byte{1, 2, 3}, nil), {0xc0, 0, 0, 0, 1, 21}, {}, {0x40},
+	} {
+		f.Add(s)
+	}
+	e := newEnv(f)
+	codec, err := connid.NewCodec(connid.DefaultConfig(2, 5))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if len(payload) > 1400 {
+			return
+		}
+		pkt := fromClient(client4, node4, svcPort, payload)
+		v, out := e.run(t, e.dp.Objects().Steer, e.upIx, pkt)
+		if got, want := observe(v, pkt, out), reference(payload, codec); got != want {
+			t.Fatalf("payload %x: xdp %+v, RouteInfo %+v", payload, got, want)
+		}
+	})
+}
