@@ -90,10 +90,6 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	if !ok {
 		return verr(fmt.Errorf("%w: %q (configured: %v)", ErrUnknownPeer, req.To, d.peerNames()))
 	}
-	peer, err := d.dial(req.To)
-	if err != nil {
-		return verr(fmt.Errorf("dial peer %s: %w", req.To, err))
-	}
 	if req.PrepareTimeout <= 0 {
 		req.PrepareTimeout = DefaultPrepareTimeout
 	}
@@ -120,6 +116,14 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	}
 	s.state, s.migration = StateMigrating, id
 	def := s.def
+	d.mu.Unlock()
+	peer, err := d.dial(req.To)
+	d.mu.Lock()
+	if err != nil {
+		s.state, s.migration = StateRunning, ""
+		d.mu.Unlock()
+		return verr(fmt.Errorf("dial peer %s: %w", req.To, err))
+	}
 	mg := &migration{
 		m: api.Migration{ID: id, Service: def.Name, Instance: def.Instance, From: d.cfg.Node, To: req.To,
 			Strategy: strategy, Technique: req.Technique, Result: api.Running, Phase: api.PhaseValidate, Started: time.Now()},

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/steerd/steerd/daemon"
+	"github.com/steerd/steerd/pki"
+)
+
+func steerctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--help"}, []string{"Examples:", "steerctl init", "migrate", "--socket"}},
+		{[]string{"init", "--help"}, []string{"Examples:", "--nodes n0,n1", "ca.key", "0600"}},
+		{[]string{"run", "--help"}, []string{"Examples:", "steerctl --node n0 run kv", "pod network namespace"}},
+		{[]string{"migrate", "--help"}, []string{"Examples:", "--strategy", "explicit-reactive", "post-copy", "rolls back", "node, the phase and the cause"}},
+		{[]string{"status", "--help"}, []string{"Examples:", "-o json"}},
+		{[]string{"routes", "--help"}, []string{"Examples:", "QUIC-LB server ID"}},
+		{[]string{"events", "--help"}, []string{"Examples:", "timeline"}},
+	} {
+		code, out, _ := steerctl(t, tc.args...)
+		if code != 0 {
+			t.Errorf("%v: exit %d", tc.args, code)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: help lacks %q", tc.args, w)
+			}
+		}
+	}
+}
+
+func TestBadUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"migrate", "kv", "--to", "n1", "--strategy", "warp"}, []string{"--strategy", "warp", "symmetric, sync-symmetric"}},
+		{[]string{"migrate", "kv", "--to", "n1", "--technique", "teleport"}, []string{"--technique", "cold, pre-copy, post-copy, hybrid"}},
+		{[]string{"migrate", "kv"}, []string{"--to NODE is required"}},
+		{[]string{"migrate"}, []string{"want SERVICE", "--help"}},
+		{[]string{"status", "--bogus"}, []string{"unknown flag: --bogus", "steerctl status --help"}},
+		{[]string{"status", "-o", "yaml"}, []string{"want text or json"}},
+		{[]string{"status"}, []string{"no control socket", "--socket"}},
+		{[]string{"init", "--dir", "x"}, []string{"--nodes are required"}},
+		{[]string{"init", "--dir", "x", "--nodes", "Bad_Name"}, []string{"invalid node name"}},
+	} {
+		t.Setenv("STEERD_SOCKET", "")
+		code, _, errOut := steerctl(t, tc.args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", tc.args, code, errOut)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("%v: stderr %q lacks %q", tc.args, errOut, w)
+			}
+		}
+	}
+	code, _, errOut := steerctl(t, "--socket", filepath.Join(t.TempDir(), "none.sock"), "status")
+	if code != 1 || !strings.Contains(errOut, "control socket unreachable") {
+		t.Fatalf("unreachable: exit %d, %q", code, errOut)
+	}
+}
+
+func TestInit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	code, out, errOut := steerctl(t, "init", "--dir", dir, "--nodes", "n0,n1")
+	if code != 0 || !strings.Contains(out, "created cluster CA") || !strings.Contains(out, "issued "+dir+"/n1.crt") {
+		t.Fatalf("init: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = steerctl(t, "init", "--dir", dir, "--nodes", "n1,n2", "-o", "json")
+	var res struct {
+		CACreated    bool
+		Issued, Kept []string
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.CACreated || len(res.Issued) != 1 || res.Issued[0] != "n2" || res.Kept[0] != "n1" {
+		t.Fatalf("second init: %d %s", code, out)
+	}
+	roots, err := pki.LoadRoots(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := pki.LoadNode(dir, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.Verify(roots, [][]byte{n2.Cert.Raw}, n2.Cert.NotBefore.Add(3600e9)); err != nil {
+		t.Fatalf("n2 not issued by the existing CA: %v", err)
+	}
+}
+
+// TestAgainstDaemon runs the commands against a daemon without datapath or engine.
+func TestAgainstDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	cfg := &daemon.Config{Node: "a", NoDatapath: true, IPv4: netip.MustParseAddr("198.18.20.2"), PKIDir: t.TempDir(),
+		StateDir: t.TempDir(), PodNSPrefix: "stdr-ctltest-",
+		Services: []daemon.ServiceDef{{Name: "kv", Port: 4433, Instance: 7, PodIPv4: netip.MustParseAddr("198.19.0.1")}},
+		Peers:    []daemon.PeerDef{{Name: "b", Address: netip.MustParseAddr("198.18.21.2")}}}
+	d, err := daemon.New(cfg, daemon.Deps{Engine: daemon.NoEngine{}, Control: daemon.QuicextControl{},
+		Dial:   func(string) (daemon.Peer, error) { return nil, os.ErrNotExist },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	cs, err := d.ListenControl(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	code, out, errOut := steerctl(t, "--socket", sock, "status")
+	if code != 0 || !strings.Contains(out, "node a") || !strings.Contains(out, "kv") || !strings.Contains(out, "stopped") {
+		t.Fatalf("status: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = steerctl(t, "--socket", sock, "status", "-o", "json")
+	var st struct{ Node string }
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Node != "a" {
+		t.Fatalf("status json: %d %q", code, out)
+	}
+	code, out, _ = steerctl(t, "--socket", sock, "routes")
+	if code != 0 || !strings.Contains(out, "INSTANCE") {
+		t.Fatalf("routes: %d %q", code, out)
+	}
+	code, _, errOut = steerctl(t, "--socket", sock, "migrate", "kv", "--to", "b")
+	if code != 1 || !strings.Contains(errOut, "node a: phase validate:") || !strings.Contains(errOut, "not running") {
+		t.Fatalf("migrate a stopped service: %d %q", code, errOut)
+	}
+	code, _, errOut = steerctl(t, "--socket", sock, "migrate", "kv", "--to", "zz")
+	if code != 1 || !strings.Contains(errOut, "unknown peer") {
+		t.Fatalf("migrate to unknown peer: %d %q", code, errOut)
+	}
+	code, _, errOut = steerctl(t, "--socket", sock, "events", "nope")
+	if code != 1 || !strings.Contains(errOut, "unknown migration") {
+		t.Fatalf("events of unknown migration: %d %q", code, errOut)
+	}
+	if os.Geteuid() != 0 {
+		return // run needs a pod namespace
+	}
+}
