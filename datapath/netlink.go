@@ -2,14 +2,14 @@ package datapath
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/steerd/steerd/internal/ethtool"
 )
 
 // retryDump retries a netlink dump interrupted by a concurrent change
@@ -67,41 +67,7 @@ func resolveNeighbour(dst netip.Addr) {
 	}
 }
 
-// ethtoolValue is struct ethtool_value (include/uapi/linux/ethtool.h).
-type ethtoolValue struct {
-	cmd  uint32
-	data uint32
-}
-
-// ifreqData is struct ifreq with the ifr_data pointer member.
-type ifreqData struct {
-	name [unix.IFNAMSIZ]byte
-	data uintptr
-	_    [16]byte
-}
-
 // SetTxChecksum turns TX checksum offload of interface name (in the calling
-// thread's network namespace) on or off (ETHTOOL_STXCSUM). A veth with TX
-// checksum offload hands its peer CHECKSUM_PARTIAL packets whose UDP
-// checksum field holds only the pseudo-header sum; XDP on the peer sees that
-// field and an incremental rewrite of it yields a wrong checksum, so steerd
-// turns the offload off on pod-side veths (the pod's stack then computes
-// full checksums).
-func SetTxChecksum(name string, on bool) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("set tx checksum on %s: %w", name, err)
-	}
-	defer unix.Close(fd)
-	v := ethtoolValue{cmd: unix.ETHTOOL_STXCSUM}
-	if on {
-		v.data = 1
-	}
-	var ifr ifreqData
-	copy(ifr.name[:], name)
-	ifr.data = uintptr(unsafe.Pointer(&v))
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		return fmt.Errorf("set tx checksum on %s: %w", name, errno)
-	}
-	return nil
-}
+// thread's network namespace) on or off (ETHTOOL_STXCSUM); see
+// internal/ethtool for why steerd turns it off on pod-side veths.
+func SetTxChecksum(name string, on bool) error { return ethtool.SetTxChecksum(name, on) }

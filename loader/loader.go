@@ -354,3 +354,19 @@ func Unpin(dir string) error {
 	}
 	return nil
 }
+
+// LoadPass loads only xdp_pass, the pass-through program for veth peers (XDP_REDIRECT or XDP_TX
+// into a veth is dropped unless the peer runs an XDP program), for hosts that run no steerd
+// datapath, such as a test router. The caller closes the program.
+func LoadPass() (*ebpf.Program, error) {
+	spec, err := loadPass()
+	if err != nil {
+		return nil, fmt.Errorf("load pass spec: %w", err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, verifierError("load pass", err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram("xdp_pass"), nil
+}

@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -31,7 +32,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/steerd/steerd/internal/ethtool"
 	"github.com/steerd/steerd/internal/nsutil"
+	"github.com/steerd/steerd/loader"
 	"github.com/steerd/steerd/pod"
 )
 
@@ -50,6 +53,10 @@ type Topology struct {
 	// NoPodRoutes leaves out the router's routes to pod addresses (pods then are reachable only
 	// through the nodes' public addresses, as in a real deployment).
 	NoPodRoutes bool
+	// RouterXDPPass attaches the pass-through XDP program (loader.LoadPass) to the router's
+	// node-facing veths: a node's XDP_TX or XDP_REDIRECT out of its veth uplink is dropped unless
+	// the peer veth runs an XDP program (a physical NIC needs nothing of the kind).
+	RouterXDPPass bool
 }
 
 // Host is one namespace of the testbed with one uplink.
@@ -107,6 +114,7 @@ type Testbed struct {
 
 	namespaces []string
 	pods       []*pod.Pod
+	closers    []io.Closer
 }
 
 // New builds topo for a test and removes it when the test ends. Without root it skips the test.
@@ -231,6 +239,14 @@ func Build(topo Topology) (_ *Testbed, err error) {
 				return nil, fmt.Errorf("build testbed: address %s: %w", a.addr, err)
 			}
 		}
+		// TX checksum offload off on both ends, as on a real NIC: XDP programs on the far end must
+		// see full UDP checksums, not CHECKSUM_PARTIAL pseudo-header sums (internal/ethtool).
+		if err := nsutil.Do(rns, func() error { return ethtool.SetTxChecksum(rlink, false) }); err != nil {
+			return nil, fmt.Errorf("build testbed: %w", err)
+		}
+		if err := nsutil.Do(ns, func() error { return ethtool.SetTxChecksum("eth0", false) }); err != nil {
+			return nil, fmt.Errorf("build testbed: %w", err)
+		}
 		if err := router.LinkSetUp(rl); err != nil {
 			return nil, err
 		}
@@ -260,6 +276,11 @@ func Build(topo Topology) (_ *Testbed, err error) {
 		}
 		n := &Node{Host: h, RouterLink: rlink}
 		t.Nodes = append(t.Nodes, n)
+		if topo.RouterXDPPass {
+			if err := t.attachPass(rns, rlink); err != nil {
+				return nil, err
+			}
+		}
 		for j := 0; j < topo.PodsPerNode; j++ {
 			p, err := pod.Create(pod.Spec{
 				NetNS:  nsName(fmt.Sprintf("n%d-p%d", i, j)),
@@ -293,6 +314,30 @@ func Build(topo Topology) (_ *Testbed, err error) {
 	return t, nil
 }
 
+// attachPass attaches xdp_pass to link inside namespace ns.
+func (t *Testbed) attachPass(ns, link string) error {
+	prog, err := loader.LoadPass()
+	if err != nil {
+		return fmt.Errorf("build testbed: %w", err)
+	}
+	t.closers = append(t.closers, prog)
+	hd, err := nsutil.Handle(ns)
+	if err != nil {
+		return err
+	}
+	defer hd.Close()
+	l, err := hd.LinkByName(link)
+	if err != nil {
+		return fmt.Errorf("build testbed: find %s: %w", link, err)
+	}
+	xl, _, err := loader.AttachXDPAt(prog, nsutil.Path(ns), l.Attrs().Index)
+	if err != nil {
+		return fmt.Errorf("build testbed: attach xdp_pass to %s in %s: %w", link, ns, err)
+	}
+	t.closers = append(t.closers, xl)
+	return nil
+}
+
 // setupNS brings up lo in the current namespace and turns off IPv6 DAD for new addresses.
 func setupNS() error {
 	lo, err := netlink.LinkByName("lo")
@@ -311,6 +356,10 @@ func setupNS() error {
 // Close removes every namespace of the testbed (their links go with them) and its owner file.
 func (t *Testbed) Close() error {
 	var errs []error
+	for i := len(t.closers) - 1; i >= 0; i-- {
+		t.closers[i].Close()
+	}
+	t.closers = nil
 	for i := len(t.pods) - 1; i >= 0; i-- {
 		if err := t.pods[i].Delete(); err != nil {
 			errs = append(errs, err)

@@ -76,7 +76,7 @@ func roundTrip(t *testing.T, ns string, dst netip.AddrPort) (netip.AddrPort, err
 
 func TestTopologyReachability(t *testing.T) {
 	start := time.Now()
-	tb := New(t, Topology{Clients: 2, Nodes: 3, PodsPerNode: 1})
+	tb := New(t, Topology{Clients: 2, Nodes: 3, PodsPerNode: 1, RouterXDPPass: true})
 	if len(tb.Clients) != 2 || len(tb.Nodes) != 3 {
 		t.Fatalf("got %d clients, %d nodes", len(tb.Clients), len(tb.Nodes))
 	}
