@@ -1,0 +1,527 @@
+// Command steerbench runs steerd's benchmark suite on a tests/netns testbed (1 client, 2 nodes,
+// 1 pod per node) and writes CSV files, a markdown summary and PNG plots to -out:
+//
+//  1. datapath: packets per second node A -> pod on node B through the XDP datapath, a Go UDP
+//     relay and nftables DNAT, same blaster and sink (bench/internal/dpbench);
+//  2. baselines: no move (floor), TCP+DNS (runc/CRIU move + authoritative DNS update) and MPTCP,
+//     same counter service and client pacing (bench/internal/baseline);
+//  3. the steerd migration matrix, strategy x technique x size x XDP (bench/internal/matrix).
+//
+// Everything is bounded by -budget; the run count per cell is derived from it and printed.
+// Needs root, runc, criu and nft. Usage: see bench/run.sh.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/steerd/steerd/bench/internal/authdns"
+	"github.com/steerd/steerd/bench/internal/baseline"
+	"github.com/steerd/steerd/bench/internal/dpbench"
+	"github.com/steerd/steerd/bench/internal/matrix"
+	"github.com/steerd/steerd/bench/internal/report"
+	"github.com/steerd/steerd/bench/internal/stats"
+	"github.com/steerd/steerd/tests/netns"
+)
+
+type options struct {
+	out, kvsvc, bin, repo, xdpBench string
+	budget, interval, dpDur         time.Duration
+	matrixBudget                    time.Duration
+	ttls                            []time.Duration
+	sizes                           []int
+	maxRuns, minRuns                int
+	skipDatapath, skipBaselines     bool
+}
+
+func main() {
+	var o options
+	var ttls, sizes string
+	flag.StringVar(&o.out, "out", "", "output directory (created)")
+	flag.StringVar(&o.kvsvc, "kvsvc", "bin/kvsvc", "static kvsvc binary")
+	flag.StringVar(&o.bin, "bin", "bin", "directory with the built steerd binaries")
+	flag.StringVar(&o.repo, "repo", ".", "checkout root")
+	flag.StringVar(&o.xdpBench, "xdp-bench", "", "file with `go test -bench BenchmarkXDP ./datapath` output to include")
+	flag.DurationVar(&o.budget, "budget", 27*time.Minute, "time budget of the whole run")
+	flag.DurationVar(&o.matrixBudget, "matrix-budget", 12*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
+	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
+	flag.DurationVar(&o.dpDur, "dp-duration", 3*time.Second, "duration of each datapath case")
+	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline")
+	flag.StringVar(&sizes, "sizes", "0,10,50,100", "container ballast sizes in MiB")
+	flag.IntVar(&o.maxRuns, "runs", 10, "runs per baseline cell (fewer when the budget is short)")
+	flag.IntVar(&o.minRuns, "matrix-min-runs", 10, "minimum runs per matrix cell")
+	flag.BoolVar(&o.skipDatapath, "skip-datapath", false, "skip the datapath cases")
+	flag.BoolVar(&o.skipBaselines, "skip-baselines", false, "skip the baselines")
+	flag.Parse()
+	for _, s := range strings.Split(ttls, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			log.Fatalf("steerbench: parse -ttls: %v", err)
+		}
+		o.ttls = append(o.ttls, d)
+	}
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			log.Fatalf("steerbench: parse -sizes: %v", err)
+		}
+		o.sizes = append(o.sizes, n)
+	}
+	if o.out == "" {
+		log.Fatal("steerbench: -out is required")
+	}
+	if err := run(o); err != nil {
+		log.Fatalf("steerbench: %v", err)
+	}
+}
+
+func run(o options) error {
+	start := time.Now()
+	deadline := start.Add(o.budget)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(2*time.Minute))
+	defer cancel()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() { <-sig; log.Print("signal: stopping after the current run"); cancel() }()
+
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "stdr-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	kvsvc, err := filepath.Abs(o.kvsvc)
+	if err != nil {
+		return err
+	}
+	mach := report.DescribeMachine()
+	tb, err := netns.Build(netns.Topology{Clients: 1, Nodes: 2, PodsPerNode: 1})
+	if err != nil {
+		return fmt.Errorf("build testbed: %w", err)
+	}
+	defer tb.Close()
+	log.Printf("testbed %s built in %s", tb.ID, tb.BuildTime.Round(time.Millisecond))
+	s := &summary{o: o, mach: mach, started: start}
+
+	// 1. Datapath.
+	if !o.skipDatapath {
+		setup, err := dpbench.NewSetup(tb)
+		if err != nil {
+			return err
+		}
+		for _, f := range []dpbench.Forwarder{dpbench.Relay{}, dpbench.NFTDNAT{}, dpbench.XDP{}} {
+			r := dpbench.Measure(ctx, setup, f, o.dpDur)
+			log.Printf("datapath %-8s sent %.0f pps, received %.0f pps (%s)", r.Forwarder, r.SentPPS, r.PPS, r.Status)
+			s.dp = append(s.dp, r)
+		}
+	}
+	if o.xdpBench != "" {
+		if b, err := os.ReadFile(o.xdpBench); err == nil {
+			s.xdpBench = string(b)
+		}
+	}
+
+	// 3 (planned before 2 so that the baselines know their share). The matrix migrator.
+	m := &matrix.Steerd{Bin: o.bin, Repo: o.repo}
+	cells := matrix.Cells()
+	matrixReady := 0
+	for _, c := range cells {
+		if m.Ready(c) == nil {
+			matrixReady++
+		}
+	}
+	matrixBudget := time.Duration(0)
+	if matrixReady > 0 {
+		matrixBudget = o.matrixBudget
+	}
+
+	// 2. Baselines.
+	if !o.skipBaselines {
+		share := time.Until(deadline) - matrixBudget
+		if err := s.runBaselines(ctx, tb, work, kvsvc, share); err != nil {
+			return err
+		}
+	}
+
+	// 3. Matrix.
+	mr := &matrix.Runner{M: m, Env: &matrix.Env{TB: tb, Work: work, Bin: o.bin, Interval: o.interval},
+		Budget: min(matrixBudget, time.Until(deadline)), MinRuns: o.minRuns, MaxRuns: 20, Logf: log.Printf}
+	s.matrix = mr.Run(ctx, cells)
+	s.plan = mr.PlanTaken
+	log.Printf("matrix: %s", s.plan.Note)
+
+	s.elapsed = time.Since(start)
+	return s.write()
+}
+
+type blCell struct {
+	kind  baseline.Kind
+	ttl   time.Duration
+	size  int
+	runs  []baseline.Result
+	share time.Duration
+}
+
+func (s *summary) runBaselines(ctx context.Context, tb *netns.Testbed, work, kvsvc string, budget time.Duration) error {
+	var cells []*blCell
+	cells = append(cells, &blCell{kind: baseline.KindNone, ttl: 0, size: 0})
+	for _, ttl := range s.o.ttls {
+		for _, sz := range s.o.sizes {
+			cells = append(cells, &blCell{kind: baseline.KindTCPDNS, ttl: ttl, size: sz})
+		}
+	}
+	mttl := s.o.ttls[0]
+	for _, sz := range s.o.sizes {
+		cells = append(cells, &blCell{kind: baseline.KindMPTCP, ttl: mttl, size: sz})
+	}
+	share := budget / time.Duration(len(cells))
+	s.blNote = fmt.Sprintf("baseline budget %s / %d cells = %s per cell; up to %d runs per cell, fewer when a cell's share runs out (the run count of each cell is in the table)",
+		budget.Round(time.Second), len(cells), share.Round(time.Second), s.o.maxRuns)
+	log.Print(s.blNote)
+	var dns *authdns.Server
+	var dnsTTL time.Duration = -1
+	defer func() {
+		if dns != nil {
+			dns.Close()
+		}
+	}()
+	for _, c := range cells {
+		ttl := c.ttl
+		if ttl == 0 {
+			ttl = s.o.ttls[0]
+		}
+		if ttl != dnsTTL {
+			if dns != nil {
+				dns.Close()
+			}
+			var err error
+			dns, err = authdns.Start(tb.Router.NS, netipJoin(tb.Clients[0].Gateway4.String(), 53), baseline.Zone, ttl)
+			if err != nil {
+				return err
+			}
+			dnsTTL = ttl
+		}
+		env, err := baseline.NewEnv(tb, work, kvsvc, s.o.interval, dns)
+		if err != nil {
+			return err
+		}
+		cfg := baseline.Config{Kind: c.kind, BallastMB: c.size, Warmup: 500 * time.Millisecond, After: time.Second, Timeout: 40 * time.Second}
+		cellStart := time.Now()
+		criuOK := true
+		for run := 0; run < s.o.maxRuns && ctx.Err() == nil; run++ {
+			if run > 0 && time.Since(cellStart)*time.Duration(run+1)/time.Duration(run) > share {
+				break
+			}
+			tryCRIU := c.kind == baseline.KindTCPDNS || (c.kind == baseline.KindMPTCP && criuOK)
+			r := env.Run(ctx, cfg, run, tryCRIU)
+			if r.CRIUError != "" {
+				criuOK = false
+				s.mptcpCRIU = r.CRIUError
+			}
+			log.Printf("baseline %s ttl=%s size=%dMB run %d: gap %s freeze %s %s%s", c.kind, r.TTL, c.size, run,
+				r.Gap.Round(time.Millisecond), r.Freeze.Round(time.Millisecond), r.Method, errSuffix(r.Err))
+			c.runs = append(c.runs, r)
+		}
+	}
+	s.bl = cells
+	return nil
+}
+
+func netipJoin(host string, port int) string { return fmt.Sprintf("%s:%d", host, port) }
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	return " ERROR " + e
+}
+
+// summary collects everything for the output files.
+type summary struct {
+	o         options
+	mach      report.Machine
+	started   time.Time
+	elapsed   time.Duration
+	dp        []dpbench.Result
+	xdpBench  string
+	bl        []*blCell
+	blNote    string
+	mptcpCRIU string
+	matrix    []matrix.Row
+	plan      matrix.Plan
+}
+
+func ms(d time.Duration) string { return strconv.FormatFloat(stats.Ms(d), 'f', 1, 64) }
+
+func (s *summary) write() error {
+	out := s.o.out
+	// datapath.csv
+	var rows [][]string
+	for _, r := range s.dp {
+		rows = append(rows, []string{r.Forwarder, r.Status, strconv.FormatFloat(r.Duration.Seconds(), 'f', 1, 64),
+			strconv.FormatUint(r.Sent, 10), strconv.FormatUint(r.Received, 10),
+			strconv.FormatFloat(r.SentPPS, 'f', 0, 64), strconv.FormatFloat(r.PPS, 'f', 0, 64)})
+	}
+	if err := report.WriteCSV(filepath.Join(out, "datapath.csv"), []string{"forwarder", "status", "duration_s", "sent", "received", "sent_pps", "received_pps"}, rows); err != nil {
+		return err
+	}
+	// baselines.csv
+	rows = nil
+	for _, c := range s.bl {
+		for _, r := range c.runs {
+			status := "ok"
+			if r.Err != "" {
+				status = "error: " + r.Err
+			}
+			rows = append(rows, []string{string(r.Kind), r.Method, strconv.FormatFloat(r.TTL.Seconds(), 'f', 0, 64), strconv.Itoa(r.BallastMB), strconv.Itoa(r.Run), status,
+				ms(r.Gap), ms(r.Freeze), ms(r.Checkpoint), ms(r.Restore), strconv.FormatInt(r.ImageBytes, 10),
+				strconv.FormatBool(r.StateKept), strconv.FormatBool(r.MPTCP), strconv.Itoa(r.Responses), strconv.Itoa(r.Dials), strconv.Itoa(r.Failures), r.FirstError})
+		}
+	}
+	if err := report.WriteCSV(filepath.Join(out, "baselines.csv"), []string{"kind", "method", "ttl_s", "ballast_mb", "run", "status", "gap_ms", "freeze_ms", "checkpoint_ms", "restore_ms", "image_bytes", "state_kept", "mptcp", "responses_after", "dials", "failures", "first_error"}, rows); err != nil {
+		return err
+	}
+	// matrix.csv
+	rows = nil
+	for _, r := range s.matrix {
+		rows = append(rows, []string{r.Migrator, r.Strategy, r.Technique, strconv.Itoa(r.BallastMB), strconv.FormatBool(r.XDP), strconv.Itoa(r.Run), r.Status,
+			ms(r.ClientGap), ms(r.Freeze), strconv.FormatBool(r.StateKept), r.Notes})
+	}
+	if err := report.WriteCSV(filepath.Join(out, "matrix.csv"), []string{"migrator", "strategy", "technique", "ballast_mb", "xdp", "run", "status", "client_gap_ms", "freeze_ms", "state_kept", "notes"}, rows); err != nil {
+		return err
+	}
+	if err := s.plots(); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(out, "summary.md"), []byte(s.markdown()), 0o644)
+}
+
+type cellStats struct {
+	n, errs, kept, mptcp int
+	gap, freeze, ratio   stats.Summary
+	method               string
+}
+
+func (c *blCell) stats() cellStats {
+	var cs cellStats
+	var g, f, r []float64
+	methods := map[string]bool{}
+	for _, x := range c.runs {
+		if x.Err != "" {
+			cs.errs++
+			continue
+		}
+		cs.n++
+		methods[x.Method] = true
+		if x.StateKept {
+			cs.kept++
+		}
+		if x.MPTCP {
+			cs.mptcp++
+		}
+		g = append(g, stats.Ms(x.Gap))
+		f = append(f, stats.Ms(x.Freeze))
+		if x.Freeze > 0 {
+			r = append(r, float64(x.Gap)/float64(x.Freeze))
+		}
+	}
+	var ms []string
+	for m := range methods {
+		ms = append(ms, m)
+	}
+	sort.Strings(ms)
+	cs.method = strings.Join(ms, ", ")
+	cs.gap, cs.freeze, cs.ratio = stats.Summarize(g), stats.Summarize(f), stats.Summarize(r)
+	return cs
+}
+
+func (c *blCell) label() string {
+	switch c.kind {
+	case baseline.KindNone:
+		return "no move"
+	case baseline.KindTCPDNS:
+		return fmt.Sprintf("TCP+DNS %ds %dMB", int(c.ttl.Seconds()), c.size)
+	}
+	return fmt.Sprintf("MPTCP %dMB", c.size)
+}
+
+func f1(x float64) string {
+	if x != x { // NaN
+		return "-"
+	}
+	return strconv.FormatFloat(x, 'f', 1, 64)
+}
+
+func f2(x float64) string {
+	if x != x {
+		return "-"
+	}
+	return strconv.FormatFloat(x, 'f', 2, 64)
+}
+
+func (s *summary) plots() error {
+	var gaps, freezes []report.Bar
+	for _, c := range s.bl {
+		cs := c.stats()
+		if cs.n == 0 {
+			continue
+		}
+		gaps = append(gaps, report.Bar{Label: c.label(), Value: cs.gap.Median, Top: cs.gap.P95})
+		if c.kind != baseline.KindNone {
+			freezes = append(freezes, report.Bar{Label: c.label(), Value: cs.freeze.Median, Top: cs.freeze.P95})
+		}
+	}
+	if err := report.BarChart(filepath.Join(s.o.out, "baseline_gap.png"), "Baselines: client gap (largest interval between responses)", "gap (ms)", "median", "p95", gaps); err != nil {
+		return err
+	}
+	if err := report.BarChart(filepath.Join(s.o.out, "baseline_freeze.png"), "Baselines: service downtime (checkpoint/stop start -> restore/start done)", "downtime (ms)", "median", "p95", freezes); err != nil {
+		return err
+	}
+	var dp []report.Bar
+	for _, r := range s.dp {
+		if r.Status == "ok" {
+			dp = append(dp, report.Bar{Label: r.Forwarder, Value: r.PPS / 1000, Top: r.SentPPS / 1000})
+		}
+	}
+	if err := report.BarChart(filepath.Join(s.o.out, "datapath_pps.png"), fmt.Sprintf("Node A -> pod on node B, %d-byte UDP payload, %s per case", dpbench.PayloadLen, s.o.dpDur), "kpps", "received at sink", "sent by blaster", dp); err != nil {
+		return err
+	}
+	var mx []report.Bar
+	for _, c := range matrix.Summarize(s.matrix) {
+		if c.Status == "ok" {
+			mx = append(mx, report.Bar{Label: c.Cell.String(), Value: c.Gap.Median, Top: c.Gap.P95})
+		}
+	}
+	return report.BarChart(filepath.Join(s.o.out, "matrix_gap.png"), "steerd migration: client gap", "gap (ms)", "median", "p95", mx)
+}
+
+func (s *summary) markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# steerd benchmarks\n\nRun started %s, took %s (budget %s).\n\n", s.started.UTC().Format(time.RFC3339), s.elapsed.Round(time.Second), s.o.budget)
+	w("## Machine\n\n%s\n", s.mach.Markdown())
+	w("## Method\n\n")
+	w("- Testbed: tests/netns, 1 client, 2 edge nodes, 1 pod per node (addresses in docs/architecture.md); the service moves from pod 0 of node 0 (198.19.0.1) to pod 0 of node 1 (198.19.1.1).\n")
+	w("- Service: bench/cmd/kvsvc, a counter (INC -> value) over TLS 1.3, in a runc container in the pod namespace, with a ballast of 0/10/50/100 MiB of dirtied memory.\n")
+	w("- Client: one long-lived connection, one request every %s (bounded count and time); gap = largest interval between successive responses after the move started; state kept = the counter never went backwards.\n", s.o.interval)
+	w("- Freeze (baselines): service downtime from the start of `runc checkpoint` (or SIGTERM) to the end of `runc restore` (or `runc run`) on node 1; ratio = gap / freeze per run.\n")
+	w("- TCP+DNS: authoritative DNS server (miekg/dns) in the router namespace for %s, TTL %s (an operator's short TTLs); the client's stub cache honours the TTL; the orchestrator moves the container with `runc checkpoint`/`runc restore` (CRIU, `tcp-close`: the listener is restored, established connections are not) and then rewrites the A record; the client detects the broken connection, re-resolves, reconnects (TLS resumption), resumes. The move starts after 0.5 s plus a uniform random part of the TTL (random age of the cached record).\n", baseline.Zone, durList(s.o.ttls))
+	w("- MPTCP: the same over MPTCP (Go SetMultipathTCP on both ends, `ip mptcp limits set subflow 2 add_addr_accepted 2` in the client and both pods), DNS TTL %s.\n", s.o.ttls[0])
+	w("- %s\n\n", s.blNote)
+
+	w("## Baselines\n\n| baseline | method | runs | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	var floor, tcp1 map[int]float64 = map[int]float64{}, map[int]float64{}
+	for _, c := range s.bl {
+		cs := c.stats()
+		fr, fp, rt := f1(cs.freeze.Median), f1(cs.freeze.P95), f2(cs.ratio.Median)
+		if c.kind == baseline.KindNone {
+			fr, fp, rt = "-", "-", "-"
+			floor[0] = cs.gap.Median
+		}
+		if c.kind == baseline.KindTCPDNS && c.ttl == s.o.ttls[0] {
+			tcp1[c.size] = cs.gap.Median
+		}
+		w("| %s | %s | %d | %s | %s | %s | %s | %s | %d/%d | %d |\n", c.label(), cs.method, cs.n, f1(cs.gap.Median), f1(cs.gap.P95), fr, fp, rt, cs.kept, cs.n, cs.errs)
+	}
+	w("\nRatios (median gap):\n\n")
+	for _, c := range s.bl {
+		cs := c.stats()
+		if c.kind == baseline.KindMPTCP && cs.n > 0 && tcp1[c.size] > 0 {
+			w("- MPTCP %d MB: %s of TCP+DNS (TTL %s)\n", c.size, f2(cs.gap.Median/tcp1[c.size]), s.o.ttls[0])
+		}
+		if c.kind == baseline.KindTCPDNS && cs.n > 0 && floor[0] > 0 {
+			w("- %s: %s x the no-move floor\n", c.label(), f1(cs.gap.Median/floor[0]))
+		}
+	}
+	for _, c := range s.bl {
+		for _, r := range c.runs {
+			if r.Err != "" {
+				w("- error in %s run %d: %s\n", c.label(), r.Run, r.Err)
+			}
+		}
+	}
+	w("\n### MPTCP and CRIU\n\n")
+	if s.mptcpCRIU != "" {
+		w("CRIU could not checkpoint the MPTCP container, so the MPTCP runs move the service by stop/start with the counter passed along (SIGTERM -> state file -> new container on node 1). CRIU said:\n\n```\n%s\n```\n\n", s.mptcpCRIU)
+	} else {
+		w("No CRIU refusal recorded for MPTCP in this run (see the method column).\n\n")
+	}
+	w("What the client experiences: the MPTCP connection's only subflow ends with the server process (reset), and no subflow can join the new instance: its kernel has no state for the connection's token (RFC 8684 section 3.2, MP_JOIN needs the peer's token), and ADD_ADDR can only be sent by the old server kernel, which does not know the new address. The client must open a new MPTCP connection to an address it re-resolves, so MPTCP behaves as TCP+DNS here (see its gap above); it does not carry a connection across a server move.\n\n")
+
+	w("## Datapath\n\nPackets per second from node 0's public address (%s) to a sink in the pod on node 1, %d-byte UDP payload (a QUIC short header with a connid DCID naming the pod's instance), Go blaster in client 0 with sendmmsg batches of %d, %s per case, all cases in one run on the same testbed.\n\n| forwarder | status | sent pps | received pps | received / go-relay |\n|---|---|---|---|---|\n",
+		"198.18.20.2:9000", dpbench.PayloadLen, dpbench.Batch, s.o.dpDur)
+	var relay float64
+	for _, r := range s.dp {
+		if r.Forwarder == "go-relay" && r.Status == "ok" {
+			relay = r.PPS
+		}
+	}
+	for _, r := range s.dp {
+		rel := "-"
+		if relay > 0 && r.Status == "ok" {
+			rel = f2(r.PPS / relay)
+		}
+		w("| %s | %s | %.0f | %.0f | %s |\n", r.Forwarder, r.Status, r.SentPPS, r.PPS, rel)
+	}
+	w("\nThe blaster, the forwarder and the sink share the machine's %d cores, so these are relative numbers for this machine.\n\n", s.mach.NProc)
+	w("### XDP per-packet cost (prog.Benchmark / BPF_PROG_TEST_RUN)\n\n")
+	if s.xdpBench != "" {
+		w("From `go test -run '^$' -bench BenchmarkXDP ./datapath/` (datapath/bench_test.go: a handful of instances in the maps):\n\n```\n%s\n```\n\n", strings.TrimSpace(s.xdpBench))
+	} else {
+		w("not run: no BenchmarkXDP output given (-xdp-bench).\n\n")
+	}
+	w("| instances/clients in the maps | ns/packet |\n|---|---|\n")
+	for _, n := range []string{"1k", "100k", "1M"} {
+		w("| %s | not run: the datapath package exposes no API to fill its maps and time xdp_steer from outside its tests (hook: bench/internal/dpbench/progbench.go) |\n", n)
+	}
+
+	w("\n## steerd migration matrix\n\nMigrator: steerd. Plan: %s.\n\n", s.plan.Note)
+	sums := matrix.Summarize(s.matrix)
+	reasons := map[string]int{}
+	for _, c := range sums {
+		if c.Status != "ok" {
+			reasons[c.Status]++
+		}
+	}
+	for r, n := range reasons {
+		w("- %d of %d cells: %s\n", n, len(sums), r)
+	}
+	w("\n| strategy | technique | size MB | XDP | runs | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | vs TCP+DNS %s | status |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
+	for _, c := range sums {
+		vs := "-"
+		if c.Runs > 0 && tcp1[c.BallastMB] > 0 {
+			vs = f2(c.Gap.Median/tcp1[c.BallastMB]) + " of TCP+DNS"
+		}
+		st := c.Status
+		if st != "ok" {
+			st = "not run (see above)"
+			if strings.HasPrefix(c.Status, "error") {
+				st = c.Status
+			}
+		}
+		w("| %s | %s | %d | %v | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs,
+			f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), vs, st)
+	}
+	w("\n## Files\n\n- baselines.csv, datapath.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png (matrix_gap.png once the matrix runs)\n")
+	return b.String()
+}
+
+func durList(ds []time.Duration) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, d.String())
+	}
+	return strings.Join(s, " and ")
+}
