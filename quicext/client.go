@@ -134,6 +134,11 @@ type ClientConn struct {
 	migGen     int
 	migrating  bool
 
+	mode  streamMode
+	raw   func(*quic.ReceiveStream) // modeStreamID, modeRaw: handler of the other streams
+	rawCh chan struct{}             // closed when raw is set
+	paths []*pathConn               // every socket of the connection (retired ones included)
+
 	send        *quic.SendStream
 	sendMu      sync.Mutex // serialises writes on send
 	pingSeq     uint64
@@ -145,13 +150,20 @@ type ClientConn struct {
 // Dial opens a UDP socket, dials addr with quic-go and starts the extension. quicConf must not
 // disable active migration on the server side (RFC 9000 section 18.2 disable_active_migration).
 // The returned connection's streams are ordinary; migration events arrive on Events().
+//
+// When the negotiated ALPN protocol is NextProtoH3Ext, Dial opens the extension stream before
+// it returns (so that it is stream 0x2, before HTTP/3's control stream) and treats the server's
+// stream 0x3 as the server's extension stream; with http3.NextProtoH3 the extension is off.
+// In both cases the other unidirectional streams go unread to the HTTP/3 connection (use
+// DialHTTP3 or HTTP3Transport).
 func Dial(ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.Config, opts ClientOptions) (*ClientConn, error) {
 	opts.defaults()
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("resolve server address: %w", err)
 	}
-	c := &ClientConn{opts: opts, orig: raddr, events: make(chan Event, 256), quicConf: quicConf}
+	c := &ClientConn{opts: opts, orig: raddr, events: make(chan Event, 256), quicConf: quicConf,
+		rawCh: make(chan struct{})}
 	c.network = "udp6"
 	if raddr.IP.To4() != nil {
 		c.network = "udp4"
@@ -177,6 +189,18 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.
 	c.Conn = conn
 	c.active = pc
 	c.transports = append(c.transports, tr)
+	c.paths = append(c.paths, pc)
+	c.mode = modeFor(conn.ConnectionState().TLS.NegotiatedProtocol)
+	if c.mode == modeStreamID {
+		// tr.Dial returned after the handshake completed; open the extension stream now, before
+		// the caller opens any other unidirectional stream, so that it is stream 0x2.
+		if err := c.openSend(); err != nil {
+			conn.CloseWithError(0x0101, "") // H3_GENERAL_PROTOCOL_ERROR
+			tr.Close()
+			pc.Close()
+			return nil, fmt.Errorf("open extension stream: %w", err)
+		}
+	}
 	go c.run()
 	go func() {
 		<-conn.Context().Done()
@@ -241,6 +265,45 @@ func (c *ClientConn) emit(e Event) {
 	}
 }
 
+// openSend opens the client's extension stream and writes its type and NEGOTIATE.
+func (c *ClientConn) openSend() error {
+	send, err := c.Conn.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	b := quicvarint.Append(nil, StreamType)
+	b = appendMessage(b, message{typ: MsgNegotiate, value: uint64(c.opts.Strategies)})
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.send = send
+	_, err = send.Write(b)
+	return err
+}
+
+// attachRaw sets the handler of the unidirectional streams that are not the extension's
+// (modeStreamID, modeRaw). Streams that arrived earlier wait for it.
+func (c *ClientConn) attachRaw(h func(*quic.ReceiveStream)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.raw != nil {
+		return
+	}
+	c.raw = h
+	close(c.rawCh)
+}
+
+func (c *ClientConn) handleRaw(str *quic.ReceiveStream) {
+	select {
+	case <-c.rawCh:
+	case <-c.Conn.Context().Done():
+		return
+	}
+	c.mu.Lock()
+	h := c.raw
+	c.mu.Unlock()
+	h(str)
+}
+
 func (c *ClientConn) run() {
 	ctx := c.Conn.Context()
 	select {
@@ -248,19 +311,39 @@ func (c *ClientConn) run() {
 	case <-ctx.Done():
 		return
 	}
-	send, err := c.Conn.OpenUniStream()
-	if err != nil {
+	switch c.mode {
+	case modeRaw:
+		for {
+			str, err := c.Conn.AcceptUniStream(ctx)
+			if err != nil {
+				return
+			}
+			go c.handleRaw(str)
+		}
+	case modeStreamID:
+		go c.silenceLoop(ctx)
+		for {
+			str, err := c.Conn.AcceptUniStream(ctx)
+			if err != nil {
+				return
+			}
+			if str.StreamID() != serverExtStreamID {
+				go c.handleRaw(str)
+				continue
+			}
+			go func() {
+				if t, err := readVarintByByte(str); err != nil || t != StreamType {
+					str.CancelRead(0x0103) // H3_STREAM_CREATION_ERROR
+					return
+				}
+				c.readServer(str, c.send)
+			}()
+		}
+	}
+	if err := c.openSend(); err != nil {
 		return
 	}
-	b := quicvarint.Append(nil, StreamType)
-	b = appendMessage(b, message{typ: MsgNegotiate, value: uint64(c.opts.Strategies)})
-	c.sendMu.Lock()
-	c.send = send
-	_, err = send.Write(b)
-	c.sendMu.Unlock()
-	if err != nil {
-		return
-	}
+	send := c.send
 	go c.silenceLoop(ctx)
 	haveExt := false
 	for {
@@ -594,7 +677,9 @@ func (c *ClientConn) migrate(ctx context.Context, cands []netip.AddrPort) error 
 	var p *probePath
 	defer func() {
 		if p != nil && p.path != nil {
+			// abandoned: quic-go will not send on it again (Path.Close), release its socket
 			p.path.Close()
+			p.pc.retire()
 		}
 	}()
 	wait := c.opts.MinProbeInterval
@@ -626,7 +711,7 @@ func (c *ClientConn) migrate(ctx context.Context, cands []netip.AddrPort) error 
 				continue
 			}
 			c.mu.Lock()
-			oldPath := c.activePath
+			oldPath, oldPC := c.activePath, c.active
 			c.activePath = p.path
 			c.active = p.pc
 			c.server = a
@@ -639,6 +724,9 @@ func (c *ClientConn) migrate(ctx context.Context, cands []netip.AddrPort) error 
 			if oldPath != nil {
 				oldPath.Close()
 			}
+			// The old socket may still receive packets the server sent before it saw the new
+			// path; keep it for retireGrace, then release it (see pathConn.retire).
+			time.AfterFunc(c.retireGrace(), oldPC.retire)
 			c.emit(Event{Kind: EventSwitched, Addr: a, Attempt: attempt})
 			return nil
 		}
@@ -660,6 +748,28 @@ func (c *ClientConn) addPath(a netip.AddrPort) (*probePath, error) {
 	}
 	c.mu.Lock()
 	c.transports = append(c.transports, tr)
+	c.paths = append(c.paths, pc)
 	c.mu.Unlock()
 	return &probePath{pc: pc, tr: tr, path: path}, nil
+}
+
+// retireGrace is how long an old path's socket stays open after a switch:
+// max(500 ms, 3 x (smoothed RTT + 4 x RTT variance)), three RFC 9002 PTOs without
+// max_ack_delay, enough for packets the server sent before it saw the new path.
+func (c *ClientConn) retireGrace() time.Duration {
+	st := c.Conn.ConnectionStats()
+	return max(500*time.Millisecond, 3*(st.SmoothedRTT+4*st.MeanDeviation))
+}
+
+// openSockets returns the number of the connection's UDP sockets that are still open.
+func (c *ClientConn) openSockets() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, p := range c.paths {
+		if !p.retired.Load() {
+			n++
+		}
+	}
+	return n
 }

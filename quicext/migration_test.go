@@ -19,49 +19,57 @@ func deadAddr(t *testing.T, network, addr string) netip.AddrPort {
 	return uc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// TestStrategies moves a server once per strategy, IPv4 and IPv6, with 1 and 50 clients, and
-// checks that every echo stream is complete and in order and every client switched to the new
-// address (validated by PATH_CHALLENGE; the old address is blackholed).
-func TestStrategies(t *testing.T) {
+// TestStrategies moves a server once per strategy, IPv4 and IPv6, with one client, and checks
+// that the echo stream is complete and in order and the client switched to the new address
+// (validated by PATH_CHALLENGE; the old address is blackholed).
+func TestStrategies(t *testing.T) { testStrategies(t, 1) }
+
+// TestStrategies50 is TestStrategies with 50 clients that all dial at once (go test -run 50).
+func TestStrategies50(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skip: -short")
+	}
+	testStrategies(t, 50)
+}
+
+func testStrategies(t *testing.T, n int) {
 	strategies := []Strategy{StrategySymmetric, StrategySyncSymmetric, StrategyExplicit, StrategyExplicitReactive, StrategyPool}
 	for _, st := range strategies {
 		for _, v6 := range []bool{false, true} {
-			for _, n := range []int{1, 50} {
-				if testing.Short() && n > 1 {
-					continue
-				}
-				name := fmt.Sprintf("%v/v6=%v/clients=%d", st, v6, n)
-				t.Run(name, func(t *testing.T) {
-					var reserved netip.AddrPort
-					tb := newTestbedFn(t, v6, func(tb *testbed) ServerConfig {
-						if st != StrategyPool {
-							return ServerConfig{}
-						}
-						var err error
-						reserved, err = tb.mc.Reserve(tb.network(), tb.nextAddr(0))
-						if err != nil {
-							t.Fatalf("reserve: %v", err)
-						}
-						return ServerConfig{Pool: []Target{target(reserved)}}
-					})
-					interval := 10 * time.Millisecond
-					if n > 1 {
-						interval = 25 * time.Millisecond
+			name := fmt.Sprintf("%v/v6=%v/clients=%d", st, v6, n)
+			t.Run(name, func(t *testing.T) {
+				var reserved netip.AddrPort
+				tb := newTestbedFn(t, v6, func(tb *testbed) ServerConfig {
+					if st != StrategyPool {
+						return ServerConfig{}
 					}
-					tb.dial(n, ClientOptions{}, interval)
-					time.Sleep(50 * time.Millisecond)
-					r := tb.move(0, st, 150*time.Millisecond, reserved)
-					if len(r.Ready) != n || !r.AllReady() || r.Strategy != st {
-						t.Fatalf("readiness: ready=%d notready=%d unsupported=%d strategy=%v", len(r.Ready), len(r.NotReady), len(r.Unsupported), r.Strategy)
+					var err error
+					reserved, err = tb.mc.Reserve(tb.network(), tb.nextAddr(0))
+					if err != nil {
+						t.Fatalf("reserve: %v", err)
 					}
-					t.Logf("prepare took %.1f ms", r.ElapsedMS)
-					if tb.mc.DroppedOld.Load() == 0 && st != StrategyExplicit && st != StrategySyncSymmetric {
-						// reactive and symmetric clients keep sending to the old address until they switch
-						t.Errorf("no packet reached the blackholed old address")
-					}
-					tb.finish(name)
+					return ServerConfig{Pool: []Target{target(reserved)}}
 				})
-			}
+				interval := 10 * time.Millisecond
+				if n > 1 {
+					interval = 25 * time.Millisecond
+				}
+				tb.dial(n, ClientOptions{}, interval)
+				if st := tb.srv.Status(); st.RefusedHandshakes != 0 || st.Conns != n {
+					t.Fatalf("status after dial: %+v", st)
+				}
+				time.Sleep(50 * time.Millisecond)
+				r := tb.move(0, st, 150*time.Millisecond, reserved)
+				if len(r.Ready) != n || !r.AllReady() || r.Strategy != st {
+					t.Fatalf("readiness: ready=%d notready=%d unsupported=%d strategy=%v", len(r.Ready), len(r.NotReady), len(r.Unsupported), r.Strategy)
+				}
+				t.Logf("prepare took %.1f ms", r.ElapsedMS)
+				if tb.mc.DroppedOld.Load() == 0 && st != StrategyExplicit && st != StrategySyncSymmetric {
+					// reactive and symmetric clients keep sending to the old address until they switch
+					t.Errorf("no packet reached the blackholed old address")
+				}
+				tb.finish(name)
+			})
 		}
 	}
 }

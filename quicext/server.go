@@ -9,9 +9,11 @@ import (
 	"log"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
@@ -29,7 +31,21 @@ var (
 	// ErrWildcardBind is returned by NewServer when the transport's *net.UDPConn is bound to a
 	// wildcard address: after a move its replies could leave with a stale source address.
 	ErrWildcardBind = errors.New("quicext: socket bound to a wildcard address")
+	// ErrTooManyHandshakes is returned by the Server's Transport.ConnContext (quic-go then
+	// answers CONNECTION_REFUSED, RFC 9000 section 20.1, before the handshake) when
+	// ServerConfig.MaxHandshakes connections are already between their first Initial and the
+	// Server's accept.
+	ErrTooManyHandshakes = errors.New("quicext: too many handshakes in progress")
 )
+
+// quicAcceptQueue is quic-go v0.65's protocol.MaxAcceptQueueSize: the number of connections
+// that completed their handshake and wait for Listener.Accept. quic-go closes every further
+// one with CONNECTION_REFUSED *after* its handshake (server.go handleNewConn, a non-blocking
+// channel send), so the client's Dial has already succeeded when the connection dies.
+const quicAcceptQueue = 32
+
+// DefaultMaxHandshakes is the default of ServerConfig.MaxHandshakes.
+const DefaultMaxHandshakes = 64
 
 // CloseCodeUnsupported is the QUIC application error code (RFC 9000 section 20.2) with which
 // Prepare closes connections that did not negotiate a usable strategy, when asked to.
@@ -59,6 +75,15 @@ type ServerConfig struct {
 	AllowWildcard bool
 	// Logf logs; nil means log.Printf.
 	Logf func(format string, args ...any)
+	// MaxHandshakes bounds the connections admitted (quic-go's Transport.ConnContext, called at
+	// the first Initial) and not yet taken by the Server from quic-go's accept queue. The Server
+	// keeps MaxHandshakes accept goroutines parked on that queue and releases a connection's
+	// slot only when its goroutine parks again, so a burst of handshake completions never finds
+	// quic-go's 32-entry queue full (which would close connections with CONNECTION_REFUSED after
+	// their handshake), however late the goroutines get scheduled. Handshakes beyond the bound
+	// are refused before the handshake (ErrTooManyHandshakes, CONNECTION_REFUSED): the client's
+	// Dial fails at once and may retry. 0 means DefaultMaxHandshakes (64).
+	MaxHandshakes int
 }
 
 // ConnInfo describes one connection in a Readiness report.
@@ -98,6 +123,13 @@ type Status struct {
 	Migrations  int      `json:"migrations"`
 	LocalAddr   string   `json:"local_addr"`
 	Unsupported int      `json:"unsupported"`
+	// RefusedHandshakes counts client Initial packets refused because MaxHandshakes connections
+	// were in progress (a client's first flight can take two Initial packets, RFC 9000 section
+	// 17.2.2, e.g. with a post-quantum key share).
+	RefusedHandshakes int64 `json:"refused_handshakes"`
+	// InProgress is the number of admitted connections not yet taken from quic-go's accept
+	// queue (handshaking, or completed and queued).
+	InProgress int64 `json:"in_progress"`
 }
 
 // Server is a QUIC listener that runs the server side of the migration extension on every
@@ -119,6 +151,22 @@ type Server struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	maxHandshakes int64
+	inProgress    atomic.Int64 // admitted, not yet released by an accept goroutine
+	refused       atomic.Int64
+	acceptHold    chan struct{} // tests: accept goroutines wait on it after Accept (nil: no wait)
+}
+
+// admission is the handshake slot of one connection, stored in its context.
+type admission struct{ released atomic.Bool }
+
+type admissionKey struct{}
+
+func (s *Server) release(a *admission) {
+	if a != nil && a.released.CompareAndSwap(false, true) {
+		s.inProgress.Add(-1)
+	}
 }
 
 // Listen opens a UDP socket on addr (bind the pod address, not a wildcard) and returns a Server
@@ -142,21 +190,32 @@ func Listen(addr string, tlsConf *tls.Config, quicConf *quic.Config, cfg ServerC
 
 // NewServer starts listening on tr. New handshakes are refused (quic-go's
 // Config.GetConfigForClient returns ErrPreparing) between Prepare and Restored/Abort.
-// Connections are handed out by Accept.
+// Connections are handed out by Accept. NewServer sets tr.ConnContext (it wraps the one
+// already set) to count handshakes in progress, see ServerConfig.MaxHandshakes; tr must not be
+// listening yet.
+//
+// The ALPN protocol of a connection selects how its unidirectional streams are dispatched:
+// NextProtoH3Ext (HTTP/3 with the extension) by stream ID, http3.NextProtoH3 (plain HTTP/3,
+// extension off) all to HTTP/3, any other protocol by stream type (see
+// ServerConfig.UniStreamHandler and docs/quicext-wire.md). ServeHTTP3 serves both HTTP/3 kinds.
 func NewServer(tr *quic.Transport, tlsConf *tls.Config, quicConf *quic.Config, cfg ServerConfig) (*Server, error) {
 	if cfg.Strategies == 0 {
 		cfg.Strategies = AllStrategies
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
 	if cfg.NegotiationTimeout == 0 {
 		cfg.NegotiationTimeout = 300 * time.Millisecond
 	}
 	s := &Server{
-		tr:     tr,
-		cfg:    cfg,
-		logf:   cfg.Logf,
-		conns:  map[*quic.Conn]*serverConn{},
-		wake:   make(chan struct{}),
-		closed: make(chan struct{}),
+		tr:            tr,
+		cfg:           cfg,
+		logf:          cfg.Logf,
+		conns:         map[*quic.Conn]*serverConn{},
+		wake:          make(chan struct{}),
+		closed:        make(chan struct{}),
+		maxHandshakes: int64(cfg.MaxHandshakes),
 	}
 	if s.logf == nil {
 		s.logf = log.Printf
@@ -188,12 +247,34 @@ func NewServer(tr *quic.Transport, tlsConf *tls.Config, quicConf *quic.Config, c
 		}
 		return nil, nil
 	}
+	userCC := tr.ConnContext
+	tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		out := ctx
+		if userCC != nil {
+			var err error
+			if out, err = userCC(ctx, info); err != nil {
+				return nil, err
+			}
+		}
+		if s.inProgress.Add(1) > s.maxHandshakes {
+			s.inProgress.Add(-1)
+			s.refused.Add(1)
+			return nil, ErrTooManyHandshakes
+		}
+		a := &admission{}
+		// quic-go cancels ctx when the connection closes or its handshake fails.
+		context.AfterFunc(ctx, func() { s.release(a) })
+		return context.WithValue(out, admissionKey{}, a), nil
+	}
 	ln, err := tr.Listen(tlsConf, qc)
 	if err != nil {
+		tr.ConnContext = userCC
 		return nil, fmt.Errorf("listen quic: %w", err)
 	}
 	s.ln = ln
-	go s.acceptLoop()
+	for range cfg.MaxHandshakes {
+		go s.acceptLoop()
+	}
 	return s, nil
 }
 
@@ -214,14 +295,27 @@ func (s *Server) notifyLocked() {
 	s.wake = make(chan struct{})
 }
 
+// acceptLoop is one of MaxHandshakes goroutines parked in quic-go's Listener.Accept. The
+// handshake slot of the connection it took is released only when it calls Accept again, so
+// admitted connections never outnumber parked goroutines plus quic-go's 32 queue entries.
 func (s *Server) acceptLoop() {
+	var prev *admission
 	for {
+		s.release(prev)
+		prev = nil
 		c, err := s.ln.Accept(context.Background())
 		if err != nil {
 			s.closeOnce.Do(func() { close(s.closed) })
 			return
 		}
-		sc := &serverConn{s: s, conn: c, accepted: time.Now(), negotiatedCh: make(chan struct{}), ackCh: make(chan struct{})}
+		prev, _ = c.Context().Value(admissionKey{}).(*admission)
+		s.mu.Lock()
+		hold := s.acceptHold
+		s.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
+		sc := newServerConn(s, c)
 		s.mu.Lock()
 		s.conns[c] = sc
 		s.queue = append(s.queue, c)
@@ -229,6 +323,75 @@ func (s *Server) acceptLoop() {
 		s.mu.Unlock()
 		go sc.run()
 	}
+}
+
+// Stream IDs of the extension streams when the ALPN is NextProtoH3Ext: each side opens its
+// extension stream before any other unidirectional stream (RFC 9000 section 2.1: the first
+// client-initiated unidirectional stream is 0x2, the first server-initiated one 0x3).
+const (
+	clientExtStreamID quic.StreamID = 2
+	serverExtStreamID quic.StreamID = 3
+)
+
+// streamMode says how the unidirectional streams of a connection are dispatched.
+type streamMode int
+
+const (
+	// modeType: read the stream type of every stream (any ALPN but the HTTP/3 ones).
+	modeType streamMode = iota
+	// modeStreamID: NextProtoH3Ext; the peer's first unidirectional stream is the extension
+	// stream, every other one goes unread to the raw handler (HTTP/3).
+	modeStreamID
+	// modeRaw: plain HTTP/3; no extension, every stream goes unread to the raw handler.
+	modeRaw
+)
+
+func modeFor(alpn string) streamMode {
+	switch alpn {
+	case NextProtoH3Ext:
+		return modeStreamID
+	case http3.NextProtoH3:
+		return modeRaw
+	}
+	return modeType
+}
+
+func newServerConn(s *Server, c *quic.Conn) *serverConn {
+	sc := &serverConn{s: s, conn: c, accepted: time.Now(), negotiatedCh: make(chan struct{}),
+		ackCh: make(chan struct{}), rawCh: make(chan struct{}),
+		mode: modeFor(c.ConnectionState().TLS.NegotiatedProtocol)}
+	switch sc.mode {
+	case modeStreamID:
+		// Opened before the connection is handed to Accept, hence before HTTP/3 opens its
+		// control stream: it is stream 0x3.
+		if err := sc.openSend(); err != nil {
+			s.logf("quicext: %v: open extension stream: %v", c.RemoteAddr(), err)
+		}
+	case modeRaw:
+		sc.negotiatedDone = true
+		close(sc.negotiatedCh)
+	}
+	return sc
+}
+
+// attachRaw sets the handler of the unidirectional streams that are not the extension's, for
+// connections in modeStreamID and modeRaw (ServeHTTP3 passes RawServerConn's handler). Streams
+// that arrived earlier wait for it.
+func (s *Server) attachRaw(c *quic.Conn, h func(*quic.ReceiveStream)) bool {
+	s.mu.Lock()
+	sc := s.conns[c]
+	s.mu.Unlock()
+	if sc == nil {
+		return false
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.raw != nil {
+		return false
+	}
+	sc.raw = h
+	close(sc.rawCh)
+	return true
 }
 
 // Accept returns the next connection. While a migration is prepared it holds connections back
@@ -423,7 +586,8 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Status{Prepared: s.prepared, Strategy: s.strategy, Target: s.target, Conns: len(s.conns),
-		Migrations: s.migrations, LocalAddr: s.ln.Addr().String()}
+		Migrations: s.migrations, LocalAddr: s.ln.Addr().String(),
+		RefusedHandshakes: s.refused.Load(), InProgress: s.inProgress.Load()}
 	for _, sc := range s.conns {
 		sc.mu.Lock()
 		if sc.negotiated != 0 {
@@ -451,6 +615,10 @@ type serverConn struct {
 	sent, acked    uint64
 	ackCh          chan struct{}
 	prepared       Strategy
+
+	mode  streamMode
+	raw   func(*quic.ReceiveStream) // modeStreamID, modeRaw: handler of the other streams
+	rawCh chan struct{}             // closed when raw is set
 }
 
 func (sc *serverConn) run() {
@@ -464,8 +632,50 @@ func (sc *serverConn) run() {
 		if err != nil {
 			return
 		}
-		go sc.handleUni(str)
+		switch {
+		case sc.mode == modeType:
+			go sc.handleUni(str)
+		case sc.mode == modeStreamID && str.StreamID() == clientExtStreamID:
+			go func() {
+				if t, err := readVarintByByte(str); err != nil || t != StreamType {
+					str.CancelRead(0x0103) // H3_STREAM_CREATION_ERROR
+					return
+				}
+				sc.mu.Lock()
+				sc.haveExt = true
+				sc.mu.Unlock()
+				sc.readExt(bufio.NewReader(str), str)
+			}()
+		default:
+			go sc.handleRaw(str)
+		}
 	}
+}
+
+// handleRaw waits for the raw handler (or the end of the connection) and passes str unread.
+func (sc *serverConn) handleRaw(str *quic.ReceiveStream) {
+	select {
+	case <-sc.rawCh:
+	case <-sc.conn.Context().Done():
+		return
+	}
+	sc.mu.Lock()
+	h := sc.raw
+	sc.mu.Unlock()
+	h(str)
+}
+
+// openSend opens the server's extension stream and writes its stream type.
+func (sc *serverConn) openSend() error {
+	send, err := sc.conn.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.send = send
+	_, err = send.Write(quicvarint.Append(nil, StreamType))
+	return err
 }
 
 // readVarintByByte reads a varint without reading past it.
@@ -513,18 +723,29 @@ func (sc *serverConn) handleUni(str *quic.ReceiveStream) {
 		str.CancelRead(0x0103)
 		return
 	}
-	r := bufio.NewReader(str)
+	sc.readExt(bufio.NewReader(str), str)
+}
+
+// readExt serves the client's extension stream after its stream type: NEGOTIATE first (the
+// answer goes on the server's stream, opened here unless it already is), then PING and
+// MIGRATION_ACK.
+func (sc *serverConn) readExt(r *bufio.Reader, str *quic.ReceiveStream) {
 	m, err := readMessage(r)
 	if err != nil || m.typ != MsgNegotiate {
 		str.CancelRead(0x0103)
 		return
 	}
 	neg := Strategy(m.value) & sc.s.cfg.Strategies
-	send, err := sc.conn.OpenUniStream()
-	if err != nil {
-		return
+	sc.mu.Lock()
+	send := sc.send
+	sc.mu.Unlock()
+	var b []byte
+	if send == nil {
+		if send, err = sc.conn.OpenUniStream(); err != nil {
+			return
+		}
+		b = quicvarint.Append(b, StreamType)
 	}
-	b := quicvarint.Append(nil, StreamType)
 	b = appendMessage(b, message{typ: MsgNegotiate, value: uint64(neg)})
 	var counted uint64
 	if neg.Has(StrategyPool) {
