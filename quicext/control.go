@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -21,6 +22,34 @@ const DefaultControlAddr = "@steerd-quicext"
 
 // ErrControl is wrapped by ControlClient errors that the endpoint reported.
 var ErrControl = errors.New("quicext: control request failed")
+
+// ErrBadControlRequest is wrapped by the endpoint's error for a request that is not one JSON
+// object with a known "op" on one line of at most ControlOptions.MaxRequestBytes, or that did
+// not arrive within ControlOptions.ReadTimeout.
+var ErrBadControlRequest = errors.New("quicext: bad control request")
+
+// ControlOptions configure ServeControlWith. Zero values take the defaults.
+type ControlOptions struct {
+	// ReadTimeout bounds the wait for the request line after a client connects (a client that
+	// connects and never sends gets an error response and is closed). Default 10 s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds the write of the response. Default 10 s.
+	WriteTimeout time.Duration
+	// MaxRequestBytes caps the request line including its newline. Default 64 KiB.
+	MaxRequestBytes int
+}
+
+func (o *ControlOptions) defaults() {
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.MaxRequestBytes <= 0 {
+		o.MaxRequestBytes = 64 << 10
+	}
+}
 
 // ControlRequest is one request to the control endpoint: one JSON object on one line, one
 // request per connection.
@@ -46,26 +75,56 @@ type ControlResponse struct {
 }
 
 // ServeControl serves the control protocol on l until l is closed; it returns the Accept error.
-// Default prepare timeout: 2000 ms; default strategy: symmetric.
+// Default prepare timeout: 2000 ms; default strategy: symmetric. It is ServeControlWith with
+// the default ControlOptions. Each connection is served on its own goroutine, so a slow or
+// silent client delays no other request.
 func ServeControl(l net.Listener, s *Server) error {
+	return ServeControlWith(l, s, ControlOptions{})
+}
+
+// ServeControlWith is ServeControl with options.
+func ServeControlWith(l net.Listener, s *Server, o ControlOptions) error {
+	o.defaults()
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return err
 		}
-		go serveControlConn(c, s)
+		go serveControlConn(c, s, o)
 	}
 }
 
-func serveControlConn(c net.Conn, s *Server) {
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	var resp ControlResponse
+// readControlRequest reads and decodes one request line.
+func readControlRequest(c net.Conn, o ControlOptions) (ControlRequest, error) {
 	var req ControlRequest
-	if err == nil {
-		err = json.Unmarshal(line, &req)
+	c.SetReadDeadline(time.Now().Add(o.ReadTimeout))
+	r := bufio.NewReader(io.LimitReader(c, int64(o.MaxRequestBytes)))
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return req, fmt.Errorf("read control request: no request line within %v: %w", o.ReadTimeout, ErrBadControlRequest)
+		case err == io.EOF && len(line) == o.MaxRequestBytes:
+			return req, fmt.Errorf("read control request: longer than %d bytes: %w", o.MaxRequestBytes, ErrBadControlRequest)
+		case err == io.EOF:
+			return req, fmt.Errorf("read control request: connection closed before a newline: %w", ErrBadControlRequest)
+		}
+		return req, fmt.Errorf("read control request: %w", err)
 	}
+	if err := json.Unmarshal(line, &req); err != nil {
+		return req, fmt.Errorf("decode control request: %w: %v", ErrBadControlRequest, err)
+	}
+	if req.Op == "" {
+		return req, fmt.Errorf("decode control request: missing \"op\": %w", ErrBadControlRequest)
+	}
+	return req, nil
+}
+
+func serveControlConn(c net.Conn, s *Server, o ControlOptions) {
+	defer c.Close()
+	var resp ControlResponse
+	req, err := readControlRequest(c, o)
 	if err == nil {
 		resp, err = handleControl(s, req)
 	}
@@ -75,7 +134,7 @@ func serveControlConn(c net.Conn, s *Server) {
 		resp.OK = true
 	}
 	b, _ := json.Marshal(resp)
-	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	c.SetWriteDeadline(time.Now().Add(o.WriteTimeout))
 	c.Write(append(b, '\n'))
 }
 
@@ -111,7 +170,7 @@ func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
 		st := s.Status()
 		return ControlResponse{Status: &st}, nil
 	}
-	return ControlResponse{}, fmt.Errorf("handle control op %q: unknown op", req.Op)
+	return ControlResponse{}, fmt.Errorf("handle control op %q: unknown op (want prepare, restored, abort or status): %w", req.Op, ErrBadControlRequest)
 }
 
 // ControlClient speaks to a control endpoint. Dial opens one connection per request (e.g. a

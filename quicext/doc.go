@@ -9,4 +9,9 @@
 //
 // Server: NewServer/Listen, then Prepare (before the freeze), Restored (after the restore) or
 // Abort, driven by steerd through ServeControl on DefaultControlAddr. Client: Dial.
+//
+// HTTP/3: ServeHTTP3 serves an http3.Server's handler on a Server; DialHTTP3 and HTTP3Transport
+// are the client side. They use the ALPN protocol NextProtoH3Ext ("h3+qx"), under which each
+// side's extension stream is its first unidirectional stream (IDs 0x2 and 0x3) and every other
+// stream goes unread to quic-go's HTTP/3; plain "h3" clients are served without the extension.
 package quicext

@@ -40,6 +40,24 @@ func TestFourMoves(t *testing.T) {
 			if st := tb.srv.Status(); st.Migrations != 4 {
 				t.Fatalf("migrations = %d, want 4", st.Migrations)
 			}
+			// The sockets of the four earlier paths are released (pathConn.retire) while the
+			// connection lives on: their ports can be bound again.
+			c := tb.clients[0]
+			waitFor(t, 3*time.Second, "old sockets released", func() bool { return c.openSockets() == 1 })
+			c.mu.Lock()
+			paths := append([]*pathConn(nil), c.paths...)
+			c.mu.Unlock()
+			if len(paths) != 5 {
+				t.Fatalf("%d paths, want 5", len(paths))
+			}
+			for _, p := range paths[:4] {
+				la := p.LocalAddr().(*net.UDPAddr)
+				uc, err := net.ListenUDP(tb.network(), la)
+				if err != nil {
+					t.Fatalf("old socket %v still bound: %v", la, err)
+				}
+				uc.Close()
+			}
 			tb.finish("four moves")
 		})
 	}
@@ -305,9 +323,15 @@ func TestIgnoredMessages(t *testing.T) {
 	if ignored == 0 || probing == 0 || switchedN != 0 {
 		t.Fatalf("ignored=%d probing=%d switched=%d", ignored, probing, switchedN)
 	}
+	// Probe rate: with ProbeTimeout 600 ms and waits of 50, 100, 200, 400 ms there are at most
+	// 4 rounds, and quic-go's Probe retransmits a PATH_CHALLENGE only after its 200 ms initial
+	// RTT, so at most 2 datagrams per round reach the address.
+	if probing > 4 {
+		t.Errorf("%d probe rounds in 600 ms, want <= 4", probing)
+	}
 	rmu.Lock()
-	if reflected == 0 {
-		t.Errorf("no probe reached the spoofed address")
+	if reflected == 0 || reflected > 2*probing {
+		t.Errorf("%d datagrams reached the spoofed address in %d rounds", reflected, probing)
 	}
 	rmu.Unlock()
 	if got := cc.ServerAddr().String(); got != addr {
