@@ -1,0 +1,571 @@
+// Package migrate moves a runc container between nodes with CRIU: checkpoint on the source node,
+// send the image over a Transport, restore on the destination node into a fresh pod network
+// namespace with the same stable addresses (package pod).
+//
+// An Engine is one node's half: it runs containers from generated OCI bundles, checkpoints them
+// (runc checkpoint, CRIU dump) and restores images (runc restore). Migrate is the coordinator for
+// two engines in one process (tests, benchmarks); a daemon calls the same per-node halves over its
+// peer channel. See docs/migration.md for the techniques, phases, measured times and rollback rules.
+//
+// Sources: runc checkpoint/restore (runc 1.1 man pages), CRIU "Live migration", "Iterative
+// migration", "Lazy migration" and "Userfaultfd" pages (criu.org).
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/steerd/steerd/internal/nsutil"
+	"github.com/steerd/steerd/pod"
+)
+
+// Sentinel errors.
+var (
+	// ErrBadSpec is returned for an invalid ContainerSpec or Config.
+	ErrBadSpec = errors.New("invalid container spec")
+	// ErrNotFound is returned when a container is not known to the engine.
+	ErrNotFound = errors.New("container not found")
+	// ErrExists is returned when a container ID is already in use on the node.
+	ErrExists = errors.New("container exists")
+)
+
+// Config configures the engine of one node.
+type Config struct {
+	// Node names the node (in errors, logs and cgroup paths).
+	Node string
+	// NodeNS is the node's network namespace name ("" = the caller's). runc and CRIU run inside it,
+	// so page servers and transports bind the node's addresses.
+	NodeNS string
+	// StateDir holds the engine's runc root (<StateDir>/runc), bundles (<StateDir>/bundles/<id>),
+	// image directories (<StateDir>/images/<id>) and runc logs. One per node.
+	StateDir string
+	// PodPrefix starts the name of the pod network namespace of every container of this node:
+	// PodPrefix + container ID. It must start with pod.NSPrefix and differ between nodes that share
+	// one machine (tests); "" = pod.NSPrefix + Node + "-".
+	PodPrefix string
+	// Runc and Criu are the binaries ("" = "runc" and "criu" from PATH).
+	Runc, Criu string
+	// Log receives the engine's progress messages (nil = discard).
+	Log *slog.Logger
+}
+
+// ContainerSpec describes a service container.
+type ContainerSpec struct {
+	// ID is the container ID (runc naming: letters, digits, '-', '_', '.'), the same on every node.
+	ID string `json:"id"`
+	// Binary is the host path of the static service binary (CGO_ENABLED=0). It is copied to
+	// /<base name> in the container's root; a destination node needs the same file at the same path
+	// (as a pre-pulled container image would be): CRIU checks the restored executable's size.
+	Binary string `json:"binary"`
+	// Args are the service's arguments (without the program name); Env its environment (KEY=VALUE).
+	Args []string `json:"args,omitempty"`
+	Env  []string `json:"env,omitempty"`
+	// BallastMB, when > 0, appends "-ballast-mb N" to Args (examples/udpcounter allocates and
+	// touches N MiB), to size the memory a migration has to move.
+	BallastMB int `json:"ballast_mb,omitempty"`
+	// IPv4 and IPv6 are the stable pod addresses (at least one); the service binds them.
+	IPv4 netip.Addr `json:"ipv4,omitzero"`
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+func (s *ContainerSpec) validate() error {
+	if !idRE.MatchString(s.ID) {
+		return fmt.Errorf("%w: container ID %q", ErrBadSpec, s.ID)
+	}
+	if !filepath.IsAbs(s.Binary) {
+		return fmt.Errorf("%w: binary %q is not an absolute path", ErrBadSpec, s.Binary)
+	}
+	if s.BallastMB < 0 {
+		return fmt.Errorf("%w: ballast %d MiB", ErrBadSpec, s.BallastMB)
+	}
+	if !s.IPv4.IsValid() && !s.IPv6.IsValid() {
+		return fmt.Errorf("%w: container %s has no pod address", ErrBadSpec, s.ID)
+	}
+	return nil
+}
+
+// Container is a container that runs on this engine's node.
+type Container struct {
+	Spec ContainerSpec
+	// Bundle is the OCI bundle directory; Pod the pod namespace it joins.
+	Bundle string
+	Pod    *pod.Pod
+	// PID is the container's init process in the node's PID namespace (from runc state).
+	PID int
+}
+
+// Engine runs, checkpoints and restores containers on one node. Its methods are safe for
+// concurrent use; operations on one container must not overlap.
+type Engine struct {
+	cfg  Config
+	log  *slog.Logger
+	mu   sync.Mutex
+	ctrs map[string]*Container
+
+	capsOnce sync.Once
+	caps     Capabilities
+	capsErr  error
+}
+
+// NewEngine makes the engine of one node and creates its state directory.
+func NewEngine(cfg Config) (*Engine, error) {
+	if cfg.Node == "" || cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
+		return nil, fmt.Errorf("new engine: %w: Node and an absolute StateDir are required", ErrBadSpec)
+	}
+	if cfg.PodPrefix == "" {
+		cfg.PodPrefix = pod.NSPrefix + cfg.Node + "-"
+	}
+	if !strings.HasPrefix(cfg.PodPrefix, pod.NSPrefix) {
+		return nil, fmt.Errorf("new engine: %w: pod prefix %q must start with %q", ErrBadSpec, cfg.PodPrefix, pod.NSPrefix)
+	}
+	if cfg.Runc == "" {
+		cfg.Runc = "runc"
+	}
+	if cfg.Criu == "" {
+		cfg.Criu = "criu"
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range []string{"runc", "bundles", "images", "logs"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("new engine: %w", err)
+		}
+	}
+	return &Engine{cfg: cfg, log: log.With("node", cfg.Node), ctrs: map[string]*Container{}}, nil
+}
+
+// Node returns the node name.
+func (e *Engine) Node() string { return e.cfg.Node }
+
+// NodeNS returns the node's network namespace name.
+func (e *Engine) NodeNS() string { return e.cfg.NodeNS }
+
+// Capabilities returns what CRIU supports on this node (detected once, see DetectCapabilities).
+func (e *Engine) Capabilities(ctx context.Context) (Capabilities, error) {
+	e.capsOnce.Do(func() { e.caps, e.capsErr = DetectCapabilities(ctx, e.cfg.Criu) })
+	return e.caps, e.capsErr
+}
+
+// Container returns the running container id.
+func (e *Engine) Container(id string) (*Container, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.ctrs[id]
+	if !ok {
+		return nil, fmt.Errorf("container %s on %s: %w", id, e.cfg.Node, ErrNotFound)
+	}
+	return c, nil
+}
+
+// PodNS returns the name of the pod network namespace of container id on this node.
+func (e *Engine) PodNS(id string) string { return e.cfg.PodPrefix + id }
+
+func (e *Engine) bundleDir(id string) string { return filepath.Join(e.cfg.StateDir, "bundles", id) }
+
+// ImageDir returns the directory where this engine keeps (or receives) the image of container id.
+func (e *Engine) ImageDir(id string) string { return filepath.Join(e.cfg.StateDir, "images", id) }
+
+func (e *Engine) cgroupsPath(id string) string {
+	return "/steerd-" + regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(e.cfg.Node, "_") + "-" + id
+}
+
+// Run creates the pod namespace, writes the bundle and starts the container (runc run --detach).
+// On error nothing is left behind.
+func (e *Engine) Run(ctx context.Context, spec ContainerSpec) (_ *Container, err error) {
+	c, err := e.prepare(spec)
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", spec.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			e.discard(context.WithoutCancel(ctx), c)
+		}
+	}()
+	if err := e.runcDetached(ctx, spec.ID, "run", "--detach", "--bundle", c.Bundle, spec.ID); err != nil {
+		return nil, fmt.Errorf("run %s: %w", spec.ID, err)
+	}
+	if c.PID, err = e.statePID(ctx, spec.ID); err != nil {
+		return nil, fmt.Errorf("run %s: %w", spec.ID, err)
+	}
+	e.mu.Lock()
+	e.ctrs[spec.ID] = c
+	e.mu.Unlock()
+	e.log.Info("container running", "id", spec.ID, "pid", c.PID)
+	return c, nil
+}
+
+// prepare reserves the ID, creates the pod and writes the bundle.
+func (e *Engine) prepare(spec ContainerSpec) (_ *Container, err error) {
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	_, exists := e.ctrs[spec.ID]
+	e.mu.Unlock()
+	if exists {
+		return nil, fmt.Errorf("container %s on %s: %w", spec.ID, e.cfg.Node, ErrExists)
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "runc", spec.ID)); err == nil {
+		return nil, fmt.Errorf("container %s on %s: %w (runc state)", spec.ID, e.cfg.Node, ErrExists)
+	}
+	p, err := pod.Create(pod.Spec{NetNS: e.PodNS(spec.ID), NodeNS: e.cfg.NodeNS, IPv4: spec.IPv4, IPv6: spec.IPv6})
+	if err != nil {
+		return nil, err
+	}
+	c := &Container{Spec: spec, Pod: p, Bundle: e.bundleDir(spec.ID)}
+	if err := e.writeBundle(c); err != nil {
+		e.discard(context.Background(), c)
+		return nil, err
+	}
+	return c, nil
+}
+
+// writeBundle writes <bundle>/rootfs (the binary and empty /proc /dev /sys /tmp) and config.json.
+func (e *Engine) writeBundle(c *Container) error {
+	root := filepath.Join(c.Bundle, "rootfs")
+	_ = os.RemoveAll(c.Bundle)
+	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return fmt.Errorf("write bundle: %w", err)
+		}
+	}
+	exe := "/" + filepath.Base(c.Spec.Binary)
+	if err := copyFile(c.Spec.Binary, filepath.Join(root, exe), 0o755); err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	args := append([]string{exe}, c.Spec.Args...)
+	if c.Spec.BallastMB > 0 {
+		args = append(args, "-ballast-mb", strconv.Itoa(c.Spec.BallastMB))
+	}
+	b, err := json.MarshalIndent(ociConfig(args, c.Spec.Env, c.Pod.Path(), e.cgroupsPath(c.Spec.ID)), "", "\t")
+	if err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(c.Bundle, "config.json"), b, 0o600); err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	return nil
+}
+
+// discard removes a container's runc state, pod and bundle; errors are logged only.
+func (e *Engine) discard(ctx context.Context, c *Container) {
+	if out, err := e.runc(ctx, "delete", "--force", c.Spec.ID); err != nil && !strings.Contains(out, "not exist") {
+		e.log.Warn("runc delete", "id", c.Spec.ID, "err", err)
+	}
+	if c.Pod != nil {
+		if err := c.Pod.Delete(); err != nil {
+			e.log.Warn("delete pod", "id", c.Spec.ID, "err", err)
+		}
+	}
+	if err := os.RemoveAll(c.Bundle); err != nil {
+		e.log.Warn("remove bundle", "id", c.Spec.ID, "err", err)
+	}
+}
+
+// Delete stops and removes container id with its pod, bundle and image directory.
+func (e *Engine) Delete(ctx context.Context, id string) error {
+	e.mu.Lock()
+	c, ok := e.ctrs[id]
+	delete(e.ctrs, id)
+	e.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("delete %s on %s: %w", id, e.cfg.Node, ErrNotFound)
+	}
+	e.discard(ctx, c)
+	return os.RemoveAll(e.ImageDir(id))
+}
+
+// Pause freezes container id (runc pause, cgroup freezer).
+func (e *Engine) Pause(ctx context.Context, id string) error {
+	if _, err := e.runc(ctx, "pause", id); err != nil {
+		return fmt.Errorf("pause %s: %w", id, err)
+	}
+	return nil
+}
+
+// Resume thaws container id (runc resume).
+func (e *Engine) Resume(ctx context.Context, id string) error {
+	if _, err := e.runc(ctx, "resume", id); err != nil {
+		return fmt.Errorf("resume %s: %w", id, err)
+	}
+	return nil
+}
+
+// Status returns runc's status of container id ("running", "paused", "stopped", ...).
+func (e *Engine) Status(ctx context.Context, id string) (string, error) {
+	st, err := e.state(ctx, id)
+	return st.Status, err
+}
+
+// CheckpointOptions tune Checkpoint.
+type CheckpointOptions struct {
+	// LeaveRunning keeps the container after the dump (runc checkpoint --leave-running); with a
+	// paused container it stays paused, ready for Resume if the migration fails.
+	LeaveRunning bool
+}
+
+// Checkpoint dumps container id into ImageDir(id) (runc checkpoint, CRIU dump) and writes the
+// container spec there as spec.json, so the directory is everything a destination needs. It
+// returns the image size in bytes.
+func (e *Engine) Checkpoint(ctx context.Context, id string, opts CheckpointOptions) (int64, error) {
+	c, err := e.Container(id)
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	dir := e.ImageDir(id)
+	if err := os.RemoveAll(dir); err != nil {
+		return 0, fmt.Errorf("checkpoint %s: %w", id, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, fmt.Errorf("checkpoint %s: %w", id, err)
+	}
+	args := []string{"checkpoint", "--image-path", dir, "--work-path", dir}
+	if opts.LeaveRunning {
+		args = append(args, "--leave-running")
+	}
+	if out, err := e.runc(ctx, append(args, id)...); err != nil {
+		return 0, fmt.Errorf("checkpoint %s: %w%s", id, err, criuLogTail(filepath.Join(dir, "dump.log"), out))
+	}
+	if !opts.LeaveRunning {
+		e.mu.Lock()
+		delete(e.ctrs, id)
+		e.mu.Unlock()
+		e.discard(ctx, c)
+	}
+	b, err := json.Marshal(c.Spec)
+	if err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, SpecFile), b, 0o600); err != nil {
+		return 0, fmt.Errorf("checkpoint %s: %w", id, err)
+	}
+	return dirSize(dir)
+}
+
+// SpecFile is the file in an image directory that holds the ContainerSpec (JSON).
+const SpecFile = "spec.json"
+
+// ReadSpec reads the ContainerSpec stored in an image directory.
+func ReadSpec(dir string) (ContainerSpec, error) {
+	var s ContainerSpec
+	b, err := os.ReadFile(filepath.Join(dir, SpecFile))
+	if err != nil {
+		return s, fmt.Errorf("read spec: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("read spec: %w", err)
+	}
+	return s, s.validate()
+}
+
+// Restore restores the image in dir (which holds spec.json, see Checkpoint) on this node: it
+// creates the pod namespace with the spec's addresses, writes a bundle whose network namespace is
+// the new pod, and runs runc restore --detach. On error nothing of the container is left behind
+// (runc state, pod namespace and veth, bundle); the image directory stays for the caller.
+func (e *Engine) Restore(ctx context.Context, dir string) (_ *Container, err error) {
+	spec, err := ReadSpec(dir)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	c, err := e.prepare(spec)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", spec.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			e.discard(context.WithoutCancel(ctx), c)
+		}
+	}()
+	work := filepath.Join(e.cfg.StateDir, "logs", spec.ID+"-restore")
+	_ = os.RemoveAll(work)
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", spec.ID, err)
+	}
+	if err := e.runcDetached(ctx, spec.ID, "restore", "--detach", "--image-path", dir, "--work-path", work,
+		"--bundle", c.Bundle, spec.ID); err != nil {
+		return nil, fmt.Errorf("restore %s: %w%s", spec.ID, err, criuLogTail(filepath.Join(work, "restore.log"), ""))
+	}
+	if c.PID, err = e.statePID(ctx, spec.ID); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", spec.ID, err)
+	}
+	e.mu.Lock()
+	e.ctrs[spec.ID] = c
+	e.mu.Unlock()
+	e.log.Info("container restored", "id", spec.ID, "pid", c.PID)
+	return c, nil
+}
+
+// Close deletes every container of the engine (tests; a daemon leaves them running).
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	ids := make([]string, 0, len(e.ctrs))
+	for id := range e.ctrs {
+		ids = append(ids, id)
+	}
+	e.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		if err := e.Delete(context.Background(), id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// command builds a runc command with the engine's --root.
+func (e *Engine) command(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, e.cfg.Runc, append([]string{"--root", filepath.Join(e.cfg.StateDir, "runc")}, args...)...)
+}
+
+// start starts cmd inside the node namespace (the child inherits the locked thread's namespace).
+func (e *Engine) start(cmd *exec.Cmd) error {
+	return nsutil.Do(e.cfg.NodeNS, cmd.Start)
+}
+
+// runc runs a short runc command inside the node namespace and returns its combined output.
+func (e *Engine) runc(ctx context.Context, args ...string) (string, error) {
+	cmd := e.command(ctx, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := e.start(cmd); err != nil {
+		return "", fmt.Errorf("runc %s: %w", args[0], err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return out.String(), fmt.Errorf("runc %s: %w: %s", args[0], err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), nil
+}
+
+// runcDetached runs `runc run/restore --detach`: the container inherits runc's stdio, so runc
+// gets /dev/null (CRIU cannot dump host files as stdio) and logs to a file instead.
+func (e *Engine) runcDetached(ctx context.Context, id string, args ...string) error {
+	logPath := filepath.Join(e.cfg.StateDir, "logs", id+"-runc.log")
+	_ = os.Remove(logPath)
+	cmd := e.command(ctx, append([]string{"--log", logPath}, args...)...)
+	// Stdin/Stdout/Stderr nil: os/exec connects them to /dev/null.
+	if err := e.start(cmd); err != nil {
+		return fmt.Errorf("runc %s: %w", args[0], err)
+	}
+	if err := cmd.Wait(); err != nil {
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("runc %s: %w: %s", args[0], err, lastLines(string(b), 3))
+	}
+	return nil
+}
+
+type runcState struct {
+	PID    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+func (e *Engine) state(ctx context.Context, id string) (runcState, error) {
+	var st runcState
+	cmd := e.command(ctx, "state", id)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := e.start(cmd); err != nil {
+		return st, err
+	}
+	if err := cmd.Wait(); err != nil {
+		if strings.Contains(errb.String(), "not exist") {
+			return st, fmt.Errorf("runc state %s: %w", id, ErrNotFound)
+		}
+		return st, fmt.Errorf("runc state %s: %w: %s", id, err, strings.TrimSpace(errb.String()))
+	}
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		return st, fmt.Errorf("runc state %s: %w", id, err)
+	}
+	return st, nil
+}
+
+func (e *Engine) statePID(ctx context.Context, id string) (int, error) {
+	st, err := e.state(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if st.Status != "running" || st.PID <= 0 {
+		return 0, fmt.Errorf("container %s is %s after start", id, st.Status)
+	}
+	return st.PID, nil
+}
+
+// criuLogTail returns the last error lines of a CRIU log (or out) for an error message.
+func criuLogTail(path, out string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var errs []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "Error") && !strings.Contains(l, "RLIMIT_NOFILE") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) > 3 {
+		errs = errs[len(errs)-3:]
+	}
+	if len(errs) == 0 {
+		return ""
+	}
+	return " (" + filepath.Base(path) + ": " + strings.Join(errs, "; ") + ")"
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func dirSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n, err
+}
