@@ -425,8 +425,9 @@ func (c *ClientConn) readServer(str *quic.ReceiveStream, send *quic.SendStream) 
 	}
 }
 
-// validCandidate checks an announced address: right family, a unicast address, a port, and
-// loopback only when the current server address is loopback (no redirect to local services).
+// validCandidate checks an announced address: right family, a unicast address (not
+// unspecified, multicast, broadcast, IPv4-mapped), a port, and loopback or link-local only when
+// the current server address is too (no redirect to local services).
 func (c *ClientConn) validCandidate(t Target) (netip.AddrPort, error) {
 	c.mu.Lock()
 	cur := c.server
@@ -435,6 +436,10 @@ func (c *ClientConn) validCandidate(t Target) (netip.AddrPort, error) {
 	switch {
 	case !a.IsValid() || a.Port() == 0:
 		return a, errors.New("no address of the connection's family")
+	case a.Addr().Is4In6():
+		// A dual-stack socket sends a mapped address over IPv4, and netip's IsUnspecified is
+		// false for ::ffff:0.0.0.0: never accept a mapped address for an IPv6 connection.
+		return a, fmt.Errorf("IPv4-mapped address %v in the IPv6 field", a)
 	case a.Addr().IsUnspecified(), a.Addr().IsMulticast(), a.Addr() == netip.IPv4Unspecified(),
 		a.Addr().Is4() && a.Addr().As4() == [4]byte{255, 255, 255, 255}:
 		return a, fmt.Errorf("address %v is not unicast", a)

@@ -45,13 +45,17 @@ func ConfigureHTTP3TLS(tlsConf *tls.Config) *tls.Config {
 // with any other protocol are closed with H3_NO_ERROR. Each connection gets an
 // http3.RawServerConn (h3.NewRawServerConn): its bidirectional streams go to
 // HandleRequestStream, its unidirectional streams other than the extension's go to
-// HandleUnidirectionalStream. When ctx ends, the connections are closed with H3_NO_ERROR.
+// HandleUnidirectionalStream. When ctx ends, ServeHTTP3 closes its connections with
+// H3_NO_ERROR and returns once their request handlers have returned; after srv.Close it
+// returns ErrServerClosed at once and the established connections go on until ctx ends.
 func ServeHTTP3(ctx context.Context, srv *Server, h3 *http3.Server) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		c, err := srv.Accept(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				wg.Wait()
+			}
 			return err
 		}
 		wg.Go(func() { serveHTTP3Conn(ctx, srv, h3, c) })

@@ -370,6 +370,11 @@ func TestValidCandidate(t *testing.T) {
 		{"[::]:4433", false},
 		{"[ff02::1]:4433", false},
 		{"[::1]:4433", false},
+		{"[::ffff:0.0.0.0]:4433", false}, // netip: IsUnspecified is false for it
+		{"[::ffff:127.0.0.1]:4433", false},
+		{"[::ffff:224.0.0.1]:4433", false},
+		{"[::ffff:198.18.22.2]:4433", false},
+		{"[fe80::1]:4433", false},
 	} {
 		_, err := c6.validCandidate(Target{IPv6: netip.MustParseAddrPort(tc.addr)})
 		if (err == nil) != tc.ok {
