@@ -79,6 +79,7 @@ type ClientOptions struct {
 	HoldTimeout time.Duration
 	// UniStreamHandler receives every server unidirectional stream that is not the extension
 	// stream, after its stream-type varint (the extension owns AcceptUniStream). Nil: cancelled.
+	// Not used when the ALPN is NextProtoH3Ext or "h3": those streams go unread to HTTP/3.
 	UniStreamHandler func(str *quic.ReceiveStream, streamType uint64)
 	// ListenAddr is the local address for the client sockets (one per path); default the
 	// unspecified address of the server's family, port 0.

@@ -65,7 +65,8 @@ type ServerConfig struct {
 	// UniStreamHandler receives every peer unidirectional stream that is not the extension
 	// stream, after its stream-type varint was read (the extension owns AcceptUniStream on each
 	// connection: the application must not call it). Nil: such streams are cancelled with
-	// H3_STREAM_CREATION_ERROR (0x0103).
+	// H3_STREAM_CREATION_ERROR (0x0103). Not used for connections whose ALPN is NextProtoH3Ext
+	// or "h3": their other streams go unread to HTTP/3 (ServeHTTP3).
 	UniStreamHandler func(conn *quic.Conn, str *quic.ReceiveStream, streamType uint64)
 	// NegotiationTimeout bounds how long Prepare waits, counted from the accept of a connection,
 	// for its client's negotiation message before listing it as unsupported. 0 means 300 ms.
