@@ -127,6 +127,19 @@ func run(o options) error {
 			s.dp = append(s.dp, r)
 		}
 	}
+	if !o.skipDatapath {
+		for _, n := range dpbench.MapSizes {
+			c, err := dpbench.PerPacketCost(n, 20000)
+			if err != nil {
+				log.Printf("xdp per-packet cost with %d entries: %v", n, err)
+				s.costErr = append(s.costErr, fmt.Sprintf("%d: %v", n, err))
+				continue
+			}
+			log.Printf("xdp per-packet cost with %d entries: bare %.0f ns, local %.0f ns (%.1fx), forward %.0f ns (%.1fx)",
+				n, c.BareMean, c.LocalMean, c.LocalRatio(), c.ForwardMean, c.ForwardRatio())
+			s.costs = append(s.costs, c)
+		}
+	}
 	if o.xdpBench != "" {
 		if b, err := os.ReadFile(o.xdpBench); err == nil {
 			s.xdpBench = string(b)
@@ -256,6 +269,8 @@ type summary struct {
 	elapsed   time.Duration
 	dp        []dpbench.Result
 	xdpBench  string
+	costs     []dpbench.Cost
+	costErr   []string
 	bl        []*blCell
 	blNote    string
 	mptcpCRIU string
@@ -275,6 +290,17 @@ func (s *summary) write() error {
 			strconv.FormatFloat(r.SentPPS, 'f', 0, 64), strconv.FormatFloat(r.PPS, 'f', 0, 64)})
 	}
 	if err := report.WriteCSV(filepath.Join(out, "datapath.csv"), []string{"forwarder", "status", "duration_s", "sent", "received", "sent_pps", "received_pps"}, rows); err != nil {
+		return err
+	}
+	// xdp_cost.csv
+	rows = nil
+	for _, c := range s.costs {
+		ff := func(x float64) string { return strconv.FormatFloat(x, 'f', 1, 64) }
+		rows = append(rows, []string{strconv.Itoa(c.N), strconv.Itoa(c.Runs), strconv.Itoa(c.Packets), ff(c.BareMean), ff(c.BareMedian),
+			ff(c.LocalMean), ff(c.LocalMedian), ff(c.ForwardMean), ff(c.ForwardMedian), strconv.FormatFloat(c.LocalRatio(), 'f', 2, 64),
+			strconv.FormatFloat(c.ForwardRatio(), 'f', 2, 64), ms(c.FillTime)})
+	}
+	if err := report.WriteCSV(filepath.Join(out, "xdp_cost.csv"), []string{"entries", "runs", "packets", "bare_mean_ns", "bare_median_ns", "local_mean_ns", "local_median_ns", "forward_mean_ns", "forward_median_ns", "local_over_bare", "forward_over_bare", "fill_ms"}, rows); err != nil {
 		return err
 	}
 	// baselines.csv
@@ -482,15 +508,15 @@ func (s *summary) markdown() string {
 	} else {
 		w("not run: no BenchmarkXDP output given (-xdp-bench).\n\n")
 	}
-	w("| instances/clients in the maps | ns/packet |\n|---|---|\n")
-	for _, n := range dpbench.MapSizes {
-		v, err := dpbench.PerPacketCost(n)
-		if err != nil {
-			w("| %d | not run: %v |\n", n, err)
-			continue
-		}
-		w("| %d | %.1f |\n", n, v)
+	w("Per-packet cost with N instances (half local, half on a peer) and N client entries in the maps: mean of %d single BPF_PROG_TEST_RUN runs per program (repeat 1, because xdp_steer rewrites its packet; datapath.RunXDP with ingress_ifindex = the node uplink), cycling through 4096 distinct 1242-byte frames with random instances and clients among the N; bare = xdp_parse in the same process. 3-byte server IDs; the instances and clients maps are resized with datapath.OpenSized (compiled limits: MAX_INSTANCES 65536, MAX_CLIENTS 262144 in bpf/consts.h, so 100k and 1M need a build with larger limits).\n\n", 20000)
+	w("| instances/clients in the maps | bare ns/pkt | local ns/pkt (median) | local / bare | forward ns/pkt (median) | forward / bare | map fill |\n|---|---|---|---|---|---|---|\n")
+	for _, c := range s.costs {
+		w("| %d | %.0f | %.0f (%.0f) | %.1f | %.0f (%.0f) | %.1f | %s |\n", c.N, c.BareMean, c.LocalMean, c.LocalMedian, c.LocalRatio(), c.ForwardMean, c.ForwardMedian, c.ForwardRatio(), c.FillTime.Round(time.Millisecond))
 	}
+	for _, e := range s.costErr {
+		w("| %s | not run | | | | | |\n", e)
+	}
+	w("\n")
 	w("\n## steerd migration matrix\n\nMigrator: steerd. Plan: %s.\n\n", s.plan.Note)
 	sums := matrix.Summarize(s.matrix)
 	reasons := map[string]int{}
