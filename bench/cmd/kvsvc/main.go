@@ -1,13 +1,17 @@
-// Command kvsvc is the benchmark service: the counter/KV protocol of bench/internal/kv over
-// TLS-over-TCP or TLS-over-MPTCP, with an optional memory ballast so that its checkpoint image has
-// a chosen size. It runs as the process of a runc container in a pod network namespace, so it is
-// built static (CGO_ENABLED=0) and needs nothing else in its root filesystem.
+// Command kvsvc is the benchmark service of the TCP/TLS and MPTCP baselines: examples/kv's Store
+// and line protocol ("INCR <key> <seq>" -> "<key> <value> <seq>", the same logic the QUIC example
+// service examples/kvservice runs for the steerd matrix) over TLS 1.3 on TCP or MPTCP, with
+// examples/kv's memory ballast so that its checkpoint image has a chosen size. It runs as the
+// process of a runc container in a pod network namespace, so it is built static (CGO_ENABLED=0)
+// and needs nothing else in its root filesystem.
 //
-//	kvsvc -listen :7000 -cert /cert.pem -key /key.pem [-mptcp] [-ballast-mb 50] [-start 0] [-state /state/counter]
+//	kvsvc -listen :7000 -cert /cert.pem -key /key.pem [-mptcp] [-ballast-mb 50] [-state /state/counter -state-key bench]
 //
 // It binds the wildcard address so that a restored copy (CRIU) in another pod namespace, with
-// another address, listens again. With -state it writes the counter to that file on SIGTERM and
-// exits: the "stop on node A, start on node B with the state passed along" fallback.
+// another address, listens again. With -state it writes the value of -state-key to that file on
+// SIGTERM and exits, and at start it brings the key back to the value in the file: the "stop on
+// node A, start on node B with the state passed along" fallback (examples/kv's Store has no
+// setter, so the value is restored by as many INCRs: a few thousand at most in a run).
 package main
 
 import (
@@ -20,13 +24,11 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
-	"github.com/steerd/steerd/bench/internal/kv"
+	"github.com/steerd/steerd/examples/kv"
 )
-
-// ballast keeps the touched memory reachable so that CRIU dumps it.
-var ballast []byte
 
 func main() {
 	listen := flag.String("listen", ":7000", "TCP address to listen on (wildcard host: restores elsewhere)")
@@ -34,21 +36,23 @@ func main() {
 	key := flag.String("key", "/key.pem", "PEM private key")
 	mptcp := flag.Bool("mptcp", false, "listen with MPTCP (IPPROTO_MPTCP) instead of TCP")
 	ballastMB := flag.Int("ballast-mb", 0, "MiB of memory to allocate and dirty (image size)")
-	start := flag.Uint64("start", 0, "initial counter value (state passed from a stopped instance)")
-	state := flag.String("state", "", "file the counter is written to on SIGTERM (stop/start fallback)")
+	state := flag.String("state", "", "file the value of -state-key is written to on SIGTERM and read at start (stop/start fallback)")
+	stateKey := flag.String("state-key", "bench", "the kv key whose value -state carries")
 	flag.Parse()
 	log.SetFlags(log.Lmicroseconds)
 
-	if *ballastMB > 0 {
-		ballast = make([]byte, *ballastMB<<20)
-		for i := range ballast {
-			ballast[i] = byte(i*7 + 1) // non-zero, non-uniform: a page CRIU must copy
-		}
+	if _, err := kv.Ballast(*ballastMB); err != nil {
+		log.Fatalf("kvsvc: %v", err)
 	}
+	store := kv.NewStore()
 	if *state != "" {
 		if b, err := os.ReadFile(*state); err == nil {
-			if v, err := strconv.ParseUint(string(b), 10, 64); err == nil && v > *start {
-				*start = v
+			v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				log.Fatalf("kvsvc: parse state file %s: %v", *state, err)
+			}
+			for store.Get(*stateKey) < v {
+				store.Incr(*stateKey)
 			}
 		}
 	}
@@ -62,19 +66,28 @@ func main() {
 	if err != nil {
 		log.Fatalf("kvsvc: listen %s: %v", *listen, err)
 	}
-	store := kv.NewStore(*start)
 	if *state != "" {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		go func() {
 			<-sig
-			if err := os.WriteFile(*state, []byte(strconv.FormatUint(store.Counter(), 10)), 0o644); err != nil {
+			if err := os.WriteFile(*state, []byte(strconv.FormatUint(store.Get(*stateKey), 10)), 0o644); err != nil {
 				log.Printf("kvsvc: write state: %v", err)
 				os.Exit(1)
 			}
 			os.Exit(0)
 		}()
 	}
-	fmt.Fprintf(os.Stderr, "kvsvc: listening on %s mptcp=%v ballast=%dMiB start=%d\n", *listen, *mptcp, *ballastMB, *start)
-	log.Fatal(store.ServeListener(tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{crt}, MinVersion: tls.VersionTLS13})))
+	fmt.Fprintf(os.Stderr, "kvsvc: listening on %s mptcp=%v ballast=%dMiB %s=%d\n", *listen, *mptcp, *ballastMB, *stateKey, store.Get(*stateKey))
+	tl := tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{crt}, MinVersion: tls.VersionTLS13, NextProtos: []string{kv.ALPN}})
+	for {
+		c, err := tl.Accept()
+		if err != nil {
+			log.Fatalf("kvsvc: accept: %v", err)
+		}
+		go func() {
+			defer c.Close()
+			_ = store.Serve(c)
+		}()
+	}
 }

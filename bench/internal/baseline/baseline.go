@@ -1,6 +1,7 @@
 // Package baseline measures what a client of a moved service experiences without steerd, on the
-// same testbed (tests/netns), with the same service (bench/cmd/kvsvc, the bench/internal/kv
-// counter over TLS 1.3) and the same client pacing as the steerd matrix:
+// same testbed (tests/netns), with the same service logic (bench/cmd/kvsvc: examples/kv's Store
+// and protocol, as the QUIC example service runs it, over TLS 1.3) and the same client pacing
+// (bench/internal/pace, one INCR every Interval) as the steerd matrix:
 //
 //   - KindNone: no move at all, the floor (largest gap of a paced client on an idle testbed).
 //   - KindTCPDNS: TLS over TCP; the client finds the service by name through an authoritative DNS
@@ -39,7 +40,8 @@ import (
 
 	"github.com/steerd/steerd/bench/internal/authdns"
 	"github.com/steerd/steerd/bench/internal/container"
-	"github.com/steerd/steerd/bench/internal/kv"
+	"github.com/steerd/steerd/bench/internal/pace"
+	"github.com/steerd/steerd/examples/kv"
 	"github.com/steerd/steerd/internal/nsutil"
 	"github.com/steerd/steerd/tests/netns"
 )
@@ -71,6 +73,8 @@ const (
 	Zone        = "bench.test."
 	ServiceName = "svc.bench.test."
 	ServicePort = 7000
+	// StateKey is the kv key the client increments and kvsvc passes along on stop/start.
+	StateKey = "bench"
 )
 
 // ErrCheckpoint wraps a CRIU checkpoint failure (the message has CRIU's words).
@@ -144,6 +148,7 @@ func (e *Env) makeTLS() error {
 		RootCAs:            pool,
 		ServerName:         strings.TrimSuffix(ServiceName, "."),
 		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{kv.ALPN},
 		ClientSessionCache: tls.NewLRUClientSessionCache(4), // resumption, as a real client does
 	}
 	return nil
@@ -211,7 +216,7 @@ func (e *Env) run(ctx context.Context, cfg Config, res *Result, tryCRIU bool) er
 	id := fmt.Sprintf("stdr-bench-%s-%d-%d", cfg.Kind, cfg.BallastMB, res.Run)
 	dir := filepath.Join(e.Work, id)
 	defer os.RemoveAll(dir)
-	args := []string{"/kvsvc", "-listen", fmt.Sprintf(":%d", ServicePort), "-ballast-mb", strconv.Itoa(cfg.BallastMB), "-state", "/state/counter"}
+	args := []string{"/kvsvc", "-listen", fmt.Sprintf(":%d", ServicePort), "-ballast-mb", strconv.Itoa(cfg.BallastMB), "-state", "/state/counter", "-state-key", StateKey}
 	if mptcp {
 		args = append(args, "-mptcp")
 	}
@@ -279,13 +284,13 @@ func (e *Env) run(ctx context.Context, cfg Config, res *Result, tryCRIU bool) er
 	pctx, pcancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer pcancel()
 	type out struct {
-		tr  *kv.Trace
+		tr  *pace.Trace
 		err error
 	}
 	done := make(chan out, 1)
 	go func() {
-		tr, err := kv.Pace(pctx, kv.PaceConfig{
-			Dial: dial, Interval: e.Interval, RequestTimeout: time.Second,
+		tr, err := pace.Pace(pctx, pace.Config{
+			Dial: dial, Key: StateKey, Interval: e.Interval, RequestTimeout: time.Second,
 			MaxRequests: int(cfg.Timeout/e.Interval) + 1,
 		})
 		done <- out{tr, err}

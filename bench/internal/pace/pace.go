@@ -1,20 +1,32 @@
-package kv
+// Package pace is the paced client of the TCP/TLS and MPTCP baselines: one request of the
+// examples/kv protocol ("INCR <key> <seq>" -> "<key> <value> <seq>", the protocol and Store the
+// QUIC service of the steerd matrix runs) every Interval on one long-lived stream connection,
+// reconnecting when it breaks, and a Trace of when each response arrived with the value it
+// carried. The QUIC side of the matrix uses examples/loadclient/load, which paces the same way.
+package pace
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
+
+	"github.com/steerd/steerd/examples/kv"
 )
 
 // ErrBounds is returned by Pace for a configuration without a time or count bound.
-var ErrBounds = errors.New("kv: client needs an interval, a request limit and a deadline")
+var ErrBounds = errors.New("pace: client needs an interval, a request limit, a key and a deadline")
 
-// PaceConfig configures a paced client: one INC request every Interval on one long-lived
+// ErrMismatch is wrapped by Incr when a response names another key or sequence number than
+// the request (a stream out of step).
+var ErrMismatch = errors.New("pace: response does not match the request")
+
+// Config configures a paced client: one INCR request every Interval on one long-lived
 // connection; when the connection breaks it calls Dial again (at once, then once per Interval).
-type PaceConfig struct {
+type Config struct {
 	// Dial opens a connection to the service (name resolution, TCP/MPTCP connect, TLS included).
 	Dial func(ctx context.Context) (net.Conn, error)
 	// Interval between requests; the gap resolution of every measurement.
@@ -24,12 +36,14 @@ type PaceConfig struct {
 	RequestTimeout time.Duration
 	// MaxRequests bounds the number of requests sent (successful or not).
 	MaxRequests int
+	// Key is the kv key the client increments (kv.ValidKey).
+	Key string
 }
 
-// Sample is one response: when it arrived and the counter it carried.
+// Sample is one response: when it arrived and the key's value it carried.
 type Sample struct {
-	At      time.Time
-	Counter uint64
+	At    time.Time
+	Value uint64
 }
 
 // Trace is what a paced client saw.
@@ -43,8 +57,8 @@ type Trace struct {
 
 // Pace runs the client until ctx ends (it must have a deadline) or MaxRequests requests were sent,
 // and returns what the client saw. It returns ErrBounds for an unbounded configuration.
-func Pace(ctx context.Context, cfg PaceConfig) (*Trace, error) {
-	if cfg.Interval <= 0 || cfg.MaxRequests <= 0 || cfg.Dial == nil {
+func Pace(ctx context.Context, cfg Config) (*Trace, error) {
+	if cfg.Interval <= 0 || cfg.MaxRequests <= 0 || cfg.Dial == nil || !kv.ValidKey(cfg.Key) {
 		return nil, ErrBounds
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -89,16 +103,16 @@ func Pace(ctx context.Context, cfg PaceConfig) (*Trace, error) {
 				fail(fmt.Errorf("dial: %w", err))
 				continue
 			}
-			c, r = nc, bufio.NewReaderSize(nc, MaxLine)
+			c, r = nc, bufio.NewReaderSize(nc, kv.MaxLine)
 		}
 		sent++
-		v, err := Inc(c, r, time.Now().Add(cfg.RequestTimeout))
+		v, err := Incr(c, r, cfg.Key, uint64(sent), time.Now().Add(cfg.RequestTimeout))
 		if err != nil {
 			fail(err)
 			next = time.Now() // detect, then retry at once
 			continue
 		}
-		tr.Samples = append(tr.Samples, Sample{At: time.Now(), Counter: v})
+		tr.Samples = append(tr.Samples, Sample{At: time.Now(), Value: v})
 	}
 	return tr, nil
 }
@@ -133,11 +147,11 @@ func (t *Trace) MaxGap(from time.Time) (gap time.Duration, end time.Time) {
 	return gap, end
 }
 
-// Monotonic reports whether the counter never went backwards or repeated: the service state
+// Monotonic reports whether the value never went backwards or repeated: the service state
 // survived every move.
 func (t *Trace) Monotonic() bool {
 	for i := 1; i < len(t.Samples); i++ {
-		if t.Samples[i].Counter <= t.Samples[i-1].Counter {
+		if t.Samples[i].Value <= t.Samples[i-1].Value {
 			return false
 		}
 	}
@@ -153,4 +167,32 @@ func (t *Trace) ResponsesAfter(at time.Time) int {
 		}
 	}
 	return n
+}
+
+// Incr sends "INCR <key> <seq>" on an established connection and returns the value in the
+// matching "<key> <value> <seq>" response (examples/kv protocol). The deadline bounds the round
+// trip. A response for another key or seq returns an error wrapping ErrMismatch; an ERR line one
+// wrapping kv.ErrServer; a malformed line one wrapping kv.ErrMalformed.
+func Incr(c net.Conn, r *bufio.Reader, key string, seq uint64, deadline time.Time) (uint64, error) {
+	if err := c.SetDeadline(deadline); err != nil {
+		return 0, err
+	}
+	if _, err := c.Write(kv.AppendRequest(nil, kv.Request{Op: kv.OpIncr, Key: key, Seq: seq})); err != nil {
+		return 0, fmt.Errorf("send INCR: %w", err)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("read INCR reply: %w", io.ErrUnexpectedEOF)
+		}
+		return 0, fmt.Errorf("read INCR reply: %w", err)
+	}
+	resp, err := kv.ParseResponse(line)
+	if err != nil {
+		return 0, fmt.Errorf("read INCR reply: %w", err)
+	}
+	if resp.Key != key || resp.Seq != seq {
+		return 0, fmt.Errorf("read INCR reply: got %s seq %d for %s seq %d: %w", resp.Key, resp.Seq, key, seq, ErrMismatch)
+	}
+	return resp.Value, nil
 }

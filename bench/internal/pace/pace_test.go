@@ -1,30 +1,16 @@
-package kv
+package pace
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-func TestStoreHandle(t *testing.T) {
-	s := NewStore(41)
-	for _, c := range []struct{ in, want string }{
-		{"INC", "42"}, {"INC", "43"}, {"GET a", ""}, {"SET a b c", "OK"}, {"GET a", "b c"},
-	} {
-		got, err := s.Handle(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("Handle(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
-	}
-	for _, bad := range []string{"", "DEL a", "SET a"} {
-		if _, err := s.Handle(bad); !errors.Is(err, ErrProtocol) {
-			t.Errorf("Handle(%q) error = %v, want ErrProtocol", bad, err)
-		}
-	}
-}
+	"github.com/steerd/steerd/examples/kv"
+)
 
 // TestPaceReconnect serves the counter on loopback, cuts the client's connection once, and checks
 // that the client reconnects, that the trace is monotonic and that MaxGap sees the outage.
@@ -34,7 +20,7 @@ func TestPaceReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	store := NewStore(0)
+	store := kv.NewStore()
 	conns := make(chan net.Conn, 4)
 	go func() {
 		for {
@@ -43,7 +29,7 @@ func TestPaceReconnect(t *testing.T) {
 				return
 			}
 			conns <- c
-			go store.Serve(c)
+			go func() { store.Serve(c); c.Close() }()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -58,8 +44,8 @@ func TestPaceReconnect(t *testing.T) {
 		c.Close()
 	}()
 	dials := 0
-	tr, err := Pace(ctx, PaceConfig{
-		Interval: 5 * time.Millisecond, MaxRequests: 80,
+	tr, err := Pace(ctx, Config{
+		Interval: 5 * time.Millisecond, MaxRequests: 80, Key: "bench",
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			dials++
 			if dials > 1 && time.Since(cutAt()) < outage {
@@ -82,13 +68,31 @@ func TestPaceReconnect(t *testing.T) {
 	if gap < outage || gap > outage+200*time.Millisecond {
 		t.Errorf("MaxGap = %s, want about %s", gap, outage)
 	}
-	if len(tr.Samples) == 0 || tr.Samples[len(tr.Samples)-1].Counter != store.Counter() {
-		t.Errorf("last counter seen %v, server has %d", tr.Samples[len(tr.Samples)-1], store.Counter())
+	if len(tr.Samples) == 0 || tr.Samples[len(tr.Samples)-1].Value != store.Get("bench") {
+		t.Errorf("last value seen %v, server has %d", tr.Samples[len(tr.Samples)-1], store.Get("bench"))
 	}
 }
 
 func TestPaceBounds(t *testing.T) {
-	if _, err := Pace(context.Background(), PaceConfig{Interval: time.Millisecond, MaxRequests: 1, Dial: func(context.Context) (net.Conn, error) { return nil, nil }}); !errors.Is(err, ErrBounds) {
+	if _, err := Pace(context.Background(), Config{Interval: time.Millisecond, MaxRequests: 1, Key: "k", Dial: func(context.Context) (net.Conn, error) { return nil, nil }}); !errors.Is(err, ErrBounds) {
 		t.Errorf("Pace without deadline: %v, want ErrBounds", err)
 	}
 }
+
+// TestIncrMismatch checks that a response for another sequence number is refused.
+func TestIncrMismatch(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() {
+		buf := make([]byte, 64)
+		b.Read(buf)
+		b.Write([]byte("k 1 99\n"))
+		b.Close()
+	}()
+	_, err := Incr(a, bufioReader(a), "k", 1, time.Now().Add(time.Second))
+	if !errors.Is(err, ErrMismatch) {
+		t.Errorf("Incr with a wrong seq: %v, want ErrMismatch", err)
+	}
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
