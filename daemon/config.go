@@ -102,8 +102,9 @@ type Config struct {
 	// kvservice's defaults): CID = 1 + ServerIDLen + NonceLen bytes (docs/architecture.md).
 	ServerIDLen int `json:"server_id_len,omitempty"`
 	NonceLen    int `json:"nonce_len,omitempty"`
-	// Runtime selects the container engine: "runc" (package migrate) or "none" (no containers:
-	// steerd only steers; Run and Migrate fail in the engine phases).
+	// Runtime selects the container engine: "runc" (package migrate: runc + CRIU) or "none" (no
+	// containers: steerd only steers; Run and Migrate fail in the engine phases). Default: "runc"
+	// when runc and criu are in PATH, else "none".
 	Runtime string `json:"runtime,omitempty"`
 }
 
@@ -186,7 +187,13 @@ func (c *Config) Normalize() error {
 		c.NonceLen = 8
 	}
 	if c.Runtime == "" {
-		c.Runtime = "runc"
+		c.Runtime = "none"
+		if RuntimeAvailable() {
+			c.Runtime = "runc"
+		}
+	}
+	if c.Runtime != "runc" && c.Runtime != "none" {
+		return bad("runtime %q: want runc or none", c.Runtime)
 	}
 	if c.PKIDir == "" {
 		return bad("pki_dir is required")

@@ -178,14 +178,23 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 			d.mu.Unlock()
 		}
 	}()
-	p, err := d.createPod(def)
-	if err != nil {
-		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
+	pe, owns := d.engine.(PodEngine)
+	var p *pod.Pod
+	netnsPath := ""
+	if !owns {
+		if p, err = d.createPod(def); err != nil {
+			return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
+		}
+		netnsPath = p.Path()
+		d.mu.Lock()
+		s.pod = p
+		d.mu.Unlock()
 	}
-	d.mu.Lock()
-	s.pod = p
-	d.mu.Unlock()
-	undo := func() { _ = d.deletePod(p) }
+	undo := func() {
+		if p != nil {
+			_ = d.deletePod(p)
+		}
+	}
 	bundle, args := def.Bundle, def.Args
 	if req.Bundle != "" {
 		bundle = req.Bundle
@@ -193,9 +202,19 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 	if len(req.Args) > 0 {
 		args = req.Args
 	}
-	if err := d.engine.Run(ctx, ContainerSpec{Name: def.Name, Bundle: bundle, Args: args, NetNSPath: p.Path()}); err != nil {
+	if err := d.engine.Run(ctx, ContainerSpec{Name: def.Name, Bundle: bundle, Args: args, NetNSPath: netnsPath,
+		IPv4: def.PodIPv4, IPv6: def.PodIPv6}); err != nil {
 		undo()
 		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: start container: %w", def.Name, err))
+	}
+	if owns {
+		if p, err = d.adoptPod(pe, def.Name); err != nil {
+			_ = d.engine.Remove(context.Background(), def.Name)
+			return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w", def.Name, err))
+		}
+		d.mu.Lock()
+		s.pod = p
+		d.mu.Unlock()
 	}
 	if err := d.setLocal(def.Instance, def.Name, s.local()); err != nil {
 		_ = d.engine.Remove(context.Background(), def.Name)
@@ -298,6 +317,27 @@ func (d *Daemon) imageDir(kind, id string) string {
 	return filepath.Join(d.cfg.StateDir, kind, id)
 }
 
+// ownsPods reports whether the engine creates and deletes pod namespaces itself (PodEngine).
+func (d *Daemon) ownsPods() bool {
+	_, ok := d.engine.(PodEngine)
+	return ok
+}
+
+// adoptPod takes the pod a PodEngine created for service and attaches the datapath's pod
+// programs to it (the pod's veth is new: AttachPod again).
+func (d *Daemon) adoptPod(pe PodEngine, service string) (*pod.Pod, error) {
+	p, err := pe.Pod(service)
+	if err != nil {
+		return nil, err
+	}
+	if pa, ok := d.dp.(podAttacher); ok {
+		if err := pa.AttachPod(p.HostIndex, p.Path(), p.PodIndex); err != nil {
+			return nil, fmt.Errorf("attach datapath to pod %s: %w", p.NetNS, err)
+		}
+	}
+	return p, nil
+}
+
 // createPod creates a service's pod namespace and attaches the datapath's pod programs.
 func (d *Daemon) createPod(def ServiceDef) (*pod.Pod, error) {
 	p, err := d.pods.Create(pod.Spec{NetNS: d.cfg.PodNS(def.Name), IPv4: def.PodIPv4, IPv6: def.PodIPv6})
@@ -313,13 +353,17 @@ func (d *Daemon) createPod(def ServiceDef) (*pod.Pod, error) {
 	return p, nil
 }
 
-// deletePod detaches the datapath from a pod and deletes its namespace.
+// deletePod detaches the datapath from a pod and deletes its namespace (unless the engine owns
+// pods: it deleted the pod with the container).
 func (d *Daemon) deletePod(p *pod.Pod) error {
 	var errs []error
 	if pa, ok := d.dp.(podAttacher); ok {
 		if err := pa.DetachPod(p.HostIndex); err != nil {
 			errs = append(errs, fmt.Errorf("detach datapath from pod %s: %w", p.NetNS, err))
 		}
+	}
+	if d.ownsPods() {
+		return errors.Join(errs...)
 	}
 	if err := d.pods.Delete(p); err != nil {
 		errs = append(errs, err)

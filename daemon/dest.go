@@ -141,6 +141,9 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	if err := os.MkdirAll(in.dir, 0o700); err != nil {
 		return fail(fmt.Errorf("create image directory: %w", err))
 	}
+	if d.ownsPods() {
+		return nil // the engine creates the pod when it restores
+	}
 	p, err := d.createPod(def)
 	if err != nil {
 		return fail(fmt.Errorf("create pod for %s: %w", def.Name, err))
@@ -209,15 +212,28 @@ func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err e
 	d.mu.Lock()
 	in.restored = true
 	d.mu.Unlock()
+	netnsPath := ""
+	if in.pod != nil {
+		netnsPath = in.pod.Path()
+	}
 	rep, err := d.engine.Restore(ctx, RestoreRequest{
 		Migration: q.Migration, Service: in.def.Name, Technique: in.technique, ImageDir: in.dir,
-		NetNSPath: in.pod.Path(), Bundle: in.def.Bundle, Source: in.source,
+		NetNSPath: netnsPath, Bundle: in.def.Bundle, Source: in.source,
 	})
 	for _, p := range rep.Phases {
 		in.tl.add(api.Event{Phase: api.Phase(p.Name), Kind: api.End, Time: p.End, Duration: p.End.Sub(p.Start), Bytes: p.Bytes, Detail: "engine"})
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s (%s): %w", in.def.Name, in.technique, err)
+	}
+	if pe, ok := d.engine.(PodEngine); ok {
+		p, err := d.adoptPod(pe, in.def.Name)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", in.def.Name, err)
+		}
+		d.mu.Lock()
+		in.pod, d.services[in.def.Name].pod = p, p
+		d.mu.Unlock()
 	}
 	d.mu.Lock()
 	s := d.services[in.def.Name]
@@ -239,6 +255,9 @@ func (d *Daemon) restored(ctx context.Context, q restoredReq, r *PeerReply) (err
 		in.tl.end(api.PhaseRestored, err)
 		r.Events, _ = in.tl.since(mark)
 	}()
+	if in.pod == nil {
+		return fmt.Errorf("tell %s it was restored: %w: no pod (restore did not run)", in.def.Name, ErrNotRunning)
+	}
 	if err := d.ctl.Restored(ctx, in.pod.NetNS, q.Target); err != nil {
 		return fmt.Errorf("tell %s it was restored: %w", in.def.Name, err)
 	}

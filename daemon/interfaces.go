@@ -78,8 +78,12 @@ type ContainerSpec struct {
 	// Bundle is the OCI bundle directory; Args override its process arguments when not empty.
 	Bundle string
 	Args   []string
-	// NetNSPath is the bind-mount path of the pod network namespace the container joins.
+	// NetNSPath is the bind-mount path of the pod network namespace the container joins ("" when
+	// the engine creates the pod itself, see PodEngine).
 	NetNSPath string
+	// IPv4, IPv6 are the stable pod addresses (either may be invalid); a PodEngine creates the pod
+	// with them.
+	IPv4, IPv6 netip.Addr
 }
 
 // ImageTransport moves checkpoint image files to the destination node. The engine calls it for
@@ -125,7 +129,8 @@ type RestoreRequest struct {
 	Technique api.Technique
 	// ImageDir holds the files received through ImageTransport.
 	ImageDir string
-	// NetNSPath is the pod namespace prepared for the container; Bundle its OCI bundle.
+	// NetNSPath is the pod namespace prepared for the container ("" for a PodEngine, which
+	// creates it); Bundle its OCI bundle.
 	NetNSPath string
 	Bundle    string
 	// Source is the node the image came from (post-copy: where lazy pages are served).

@@ -249,6 +249,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	d.mu.Unlock()
 	var rb rollbackState
 	var freezeAt, restoredAt time.Time
+	var routedPackets uint64 // the instance's datapath counter when the source started forwarding
 
 	step := func(p api.Phase, f func() error) error {
 		mg.update(func(m *api.Migration) { m.Phase = p })
@@ -331,7 +332,15 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 		d.met.downtime.WithLabelValues(string(req.Technique), req.Strategy).Observe(down.Seconds())
 		err = step(api.PhaseRoute, func() error {
 			rb.routed = true
-			return d.setRemote(def.Instance, def.Name, pdef.Name)
+			if err := d.setRemote(def.Instance, def.Name, pdef.Name); err != nil {
+				return err
+			}
+			if d.dp != nil {
+				if st, err := d.dp.InstanceStats(def.Instance); err == nil {
+					routedPackets = st.Packets
+				}
+			}
+			return nil
 		})
 	}
 	if err == nil {
@@ -369,9 +378,15 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 		if err != nil {
 			return err
 		}
-		detail := fmt.Sprintf("quiet for %v after %d forwarded packets", req.DrainPeriod, n)
+		var fwd uint64
+		if d.dp != nil {
+			if st, err := d.dp.InstanceStats(def.Instance); err == nil && st.Packets >= routedPackets {
+				fwd = st.Packets - routedPackets
+			}
+		}
+		detail := fmt.Sprintf("quiet for %v; forwarded %d packets since the route switch, %d of them during the drain", req.DrainPeriod, fwd, n)
 		if !quiet {
-			detail = fmt.Sprintf("drain timeout %v reached, %d forwarded packets", req.DrainTimeout, n)
+			detail = fmt.Sprintf("drain timeout %v reached; forwarded %d packets since the route switch, %d of them during the drain", req.DrainTimeout, fwd, n)
 		}
 		tl.add(api.Event{Phase: api.PhaseDrain, Kind: api.Info, Detail: detail})
 		return d.deleteRoute(def.Instance)

@@ -13,8 +13,8 @@ import (
 )
 
 // ServeOptions are the collaborators Serve may take from its caller; nil fields get the real
-// implementations (XDP datapath unless Config.NoDatapath, quicext control endpoint, NoEngine
-// until package migrate is wired).
+// implementations (XDP datapath unless Config.NoDatapath, quicext control endpoint, RuncEngine for
+// runtime "runc", NoEngine for runtime "none").
 type ServeOptions struct {
 	Logger   *slog.Logger
 	Engine   Engine
@@ -57,9 +57,17 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 	}
 	eng := o.Engine
 	if eng == nil {
-		eng = NoEngine{}
-		if cfg.Runtime != "none" {
-			log.Warn("container engine not available: runs without containers (package migrate is not wired yet)", "runtime", cfg.Runtime)
+		switch cfg.Runtime {
+		case "none":
+			eng = NoEngine{}
+		case "runc":
+			re, err := NewRuncEngine(cfg, log)
+			if err != nil {
+				return fmt.Errorf("serve: runtime runc: %w (install runc and CRIU: make deps; or runtime none)", err)
+			}
+			eng = re
+		default:
+			return fmt.Errorf("serve: %w: runtime %q: want runc or none", ErrBadRequest, cfg.Runtime)
 		}
 	}
 	ctl := o.Control

@@ -319,14 +319,14 @@ Examples:
 	}
 	fl := c.Flags()
 	fl.StringVar(&o.Steerd, "steerd", "", "steerd binary run on the nodes (default: this binary)")
-	fl.StringVar(&o.KVService, "kvservice", "bin/kvservice", "example service binary")
-	fl.StringVar(&o.LoadClient, "loadclient", "bin/loadclient", "load client binary")
-	fl.StringVar(&o.Bundle, "bundle", "bin/bundles/kvservice", "OCI bundle of the kvservice container")
+	fl.StringVar(&o.Steerctl, "steerctl", "bin/steerctl", "steerctl binary (init, run, routes)")
+	fl.StringVar(&o.KVService, "kvservice", "bin/kvservice", "example service binary (static; copied into the container's bundle)")
 	fl.IntVar(&o.Conns, "conns", 4, "QUIC connections of the load client")
 	fl.StringVar(&technique, "technique", "cold", "container migration technique: cold, pre-copy, post-copy, hybrid")
 	fl.DurationVar(&o.Settle, "settle", 2*time.Second, "load time before, between and after the migrations")
+	fl.DurationVar(&o.Drain, "drain", time.Second, "drain period: the source forwards until the instance was quiet this long")
 	fl.BoolVar(&o.NoDatapath, "no-datapath", false, "run the nodes without XDP")
-	fl.StringVar(&o.WorkDir, "workdir", "", "directory for configs, certificates and logs (default: temporary)")
+	fl.StringVar(&o.WorkDir, "workdir", "", "directory for configs, certificates and logs (default: temporary, removed)")
 	fl.BoolVar(&o.Keep, "keep", false, "keep the work directory")
 	c.PreRun = func(cmd *cobra.Command, args []string) {
 		if o.Steerd == "" {

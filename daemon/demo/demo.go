@@ -1,28 +1,30 @@
 // Package demo is `steerd demo` (make demo): it builds a netns testbed (one client, a router, two
-// edge nodes), starts steerd on both nodes as child processes inside the node namespaces
-// (`ip netns exec <ns> steerd --config ...`), runs the example QUIC service (examples/kvservice)
-// on node n0, starts a load client (examples/loadclient) in the client namespace, migrates the
-// service n0 -> n1 (Symmetric) and n1 -> n0 (Explicit-reactive), prints the timelines, checks the
-// migrations and the load report, and tears everything down.
+// edge nodes), starts steerd on both nodes as child processes inside the node namespaces, runs the
+// example QUIC service (examples/kvservice) as a runc container on n0 (steerctl run), drives a
+// load client (package examples/loadclient/load, in-process in the client namespace) against
+// n0's PUBLIC address, live-migrates the service n0 -> n1 (Symmetric, cold CRIU checkpoint) and
+// n1 -> n0 (Explicit-reactive), prints each migration's timeline with the XDP datapath counters
+// that prove the path of the packets, checks the migrations and the load report (no lost or wrong
+// answer, no failed connection), and tears everything down (namespaces, containers, processes).
+//
+// Cluster (cluster.go) is the same setup as a library: the integration tests (tests/netns/e2e)
+// share it.
 package demo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
+	"strings"
 	"time"
 
 	"github.com/steerd/steerd/api"
-	"github.com/steerd/steerd/daemon"
-	"github.com/steerd/steerd/pki"
-	"github.com/steerd/steerd/tests/netns"
+	"github.com/steerd/steerd/examples/loadclient/load"
 )
 
 // ErrNotRoot is returned when the demo lacks the privileges for namespaces and XDP.
@@ -37,34 +39,26 @@ type Step struct {
 
 // Options configure the demo. Zero values take the defaults in brackets.
 type Options struct {
-	// Steerd, KVService, LoadClient are the binaries [bin/steerd, bin/kvservice, bin/loadclient].
-	Steerd, KVService, LoadClient string
-	// Bundle is the OCI bundle of the kvservice container on both nodes [bin/bundles/kvservice].
-	Bundle string
+	// Steerd, Steerctl, KVService are the binaries [bin/steerd, bin/steerctl, bin/kvservice].
+	Steerd, Steerctl, KVService string
 	// Conns is the number of QUIC connections of the load client [4].
 	Conns int
 	// Steps are the migrations [n0->n1 symmetric cold, n1->n0 explicit-reactive cold].
 	Steps []Step
 	// Settle is the load time before, between and after migrations [2s].
 	Settle time.Duration
+	// Drain is the drain period of each migration [1s].
+	Drain time.Duration
 	// NoDatapath runs the nodes without XDP (control plane only).
 	NoDatapath bool
-	// WorkDir holds configs, certificates, logs [a temporary directory, removed unless Keep].
+	// WorkDir holds configs, certificates, bundle, state and logs [a temporary directory,
+	// removed unless Keep].
 	WorkDir string
 	Keep    bool
 	Out     io.Writer
 }
 
 func (o *Options) defaults() {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&o.Steerd, "bin/steerd")
-	def(&o.KVService, "bin/kvservice")
-	def(&o.LoadClient, "bin/loadclient")
-	def(&o.Bundle, "bin/bundles/kvservice")
 	if o.Conns == 0 {
 		o.Conns = 4
 	}
@@ -74,265 +68,260 @@ func (o *Options) defaults() {
 	if o.Settle == 0 {
 		o.Settle = 2 * time.Second
 	}
+	if o.Drain == 0 {
+		o.Drain = time.Second
+	}
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
 }
 
-const (
-	service  = "kv"
-	port     = 4433
-	instance = 7
-)
-
-var (
-	pod4 = netip.MustParseAddr("198.19.0.1")
-	pod6 = netip.MustParseAddr("2001:2:0:ff::1")
-)
-
-// Run runs the demo. It returns an error naming the step that failed.
+// Run runs the demo. It returns an error naming the step that failed; a demo whose migrations
+// or load check failed returns an error wrapping ErrVerify.
 func Run(ctx context.Context, o Options) (err error) {
 	o.defaults()
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	for _, b := range []string{o.Steerd, o.KVService, o.LoadClient} {
-		if _, err := os.Stat(b); err != nil {
-			return fmt.Errorf("demo: binary %s: %w (run 'make build')", b, err)
-		}
-	}
 	out := o.Out
 	say := func(f string, a ...any) { fmt.Fprintf(out, "==> "+f+"\n", a...) }
-	if o.WorkDir == "" {
-		if o.WorkDir, err = os.MkdirTemp("", "steerd-demo-"); err != nil {
-			return err
-		}
-		if !o.Keep {
-			defer os.RemoveAll(o.WorkDir)
-		}
-	}
-	say("building testbed: 1 client, router, 2 nodes")
-	tb, err := netns.Build(netns.Topology{Clients: 1, Nodes: 2})
+	begin := time.Now()
+	keep := o.Keep || o.WorkDir != ""
+	c, err := StartCluster(ctx, ClusterOptions{Steerd: o.Steerd, Steerctl: o.Steerctl, KVService: o.KVService,
+		NoDatapath: o.NoDatapath, WorkDir: o.WorkDir, Log: out})
 	if err != nil {
-		return fmt.Errorf("demo: build testbed: %w", err)
+		return fmt.Errorf("demo: %w", err)
 	}
 	defer func() {
-		say("tearing down testbed %s", tb.ID)
-		if cerr := tb.Close(); cerr != nil && err == nil {
+		say("tearing down: steerd, containers, pod namespaces, testbed %s", c.TB.ID)
+		if cerr := c.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("demo: tear down: %w", cerr)
 		}
+		if !keep {
+			os.RemoveAll(c.WorkDir)
+		} else {
+			say("kept %s (configs, certificates, logs)", c.WorkDir)
+		}
+		say("total %.1fs", time.Since(begin).Seconds())
 	}()
 
-	pkiDir := filepath.Join(o.WorkDir, "pki")
-	ca, err := pki.NewCA("demo", 0)
-	if err != nil {
-		return err
-	}
-	if err := ca.Save(pkiDir); err != nil {
-		return err
-	}
-	names := []string{"n0", "n1"}
-	clients := make([]*api.Client, len(names))
-	for i, n := range names {
-		nc, err := ca.Issue(n, 0)
-		if err != nil {
-			return err
-		}
-		if err := nc.Save(pkiDir); err != nil {
-			return err
-		}
-		cfg := nodeConfig(o, tb, i, names, pkiDir)
-		path := filepath.Join(o.WorkDir, n+".json")
-		if err := cfg.Save(path); err != nil {
-			return err
-		}
-		stop, err := startSteerd(ctx, o, tb.Nodes[i].NS, path, filepath.Join(o.WorkDir, n+".log"))
-		if err != nil {
-			return fmt.Errorf("demo: start steerd on %s: %w", n, err)
-		}
-		defer stop()
-		clients[i] = api.NewClient(cfg.ControlSocket)
-		defer clients[i].Close()
-		if err := waitReady(ctx, clients[i], 10*time.Second); err != nil {
-			return fmt.Errorf("demo: steerd on %s not ready (log %s): %w", n, filepath.Join(o.WorkDir, n+".log"), err)
-		}
-		say("steerd %s up in %s (control %s)", n, tb.Nodes[i].NS, cfg.ControlSocket)
-	}
-
-	say("starting %s on n0", service)
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = clients[0].Run(rctx, api.RunRequest{Service: service})
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	res, err := c.Steerctl(rctx, 0, "run", Service)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("demo: run %s on n0: %w", service, err)
+		return fmt.Errorf("demo: run %s on n0 (log %s): %w", Service, c.LogPath(0), err)
 	}
+	say("steerctl run %s on n0: %s", Service, trimNL(res))
 
-	report := filepath.Join(o.WorkDir, "load-report.json")
-	addr := netip.AddrPortFrom(tb.Nodes[0].IPv4, port)
-	say("load client: %d connections to %s", o.Conns, addr)
-	lc := tb.Clients[0].Command(o.LoadClient, "-addr", addr.String(), "-conns", fmt.Sprint(o.Conns), "-insecure", "-quiet", "-report-file", report)
-	lf, err := os.Create(filepath.Join(o.WorkDir, "loadclient.log"))
+	addr := c.Public(0)
+	say("load client in %s: %d QUIC connections to n0's public address %s, one INCR per 10 ms each", c.TB.Clients[0].NS, o.Conns, addr)
+	ld, err := c.StartLoad(ctx, addr, o.Conns)
 	if err != nil {
-		return err
+		return fmt.Errorf("demo: %w", err)
 	}
-	defer lf.Close()
-	lc.Stdout, lc.Stderr = lf, lf
-	if err := lc.Start(); err != nil {
-		return fmt.Errorf("demo: start load client: %w", err)
-	}
-	lcDone := make(chan error, 1)
-	go func() { lcDone <- lc.Wait() }()
-	stopLoad := func() error {
-		_ = lc.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-lcDone:
-			return err
-		case <-time.After(15 * time.Second):
-			_ = lc.Process.Kill()
-			return errors.New("load client did not stop")
+	stopped := false
+	defer func() {
+		if !stopped {
+			ld.Stop()
 		}
-	}
+	}()
 	sleep(ctx, o.Settle)
 
 	var failed []string
 	for _, s := range o.Steps {
-		say("migrating %s %s -> %s (%s, %s)", service, names[s.From], names[s.To], s.Strategy, s.Technique)
-		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		m, err := clients[s.From].Migrate(mctx, api.MigrateRequest{Service: service, To: names[s.To], Strategy: s.Strategy,
-			Technique: s.Technique, DrainPeriod: time.Second, Wait: true})
+		from, to := c.Names[s.From], c.Names[s.To]
+		say("migrating %s %s -> %s (strategy %s, technique %s)", Service, from, to, s.Strategy, s.Technique)
+		before := [2]map[string]uint64{}
+		for i := range before {
+			before[i], _ = c.Counters(ctx, i)
+		}
+		mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		m, err := c.Migrate(mctx, s.From, s.To, s.Strategy, s.Technique, o.Drain)
 		cancel()
 		if err != nil {
-			_ = stopLoad()
-			return fmt.Errorf("demo: migrate %s -> %s: %w", names[s.From], names[s.To], err)
+			return fmt.Errorf("demo: migrate %s -> %s: %w", from, to, err)
 		}
-		if err := api.WriteTimeline(out, m.Events); err != nil {
-			return err
+		sleep(ctx, o.Settle/2)
+		after := [2]map[string]uint64{}
+		for i := range after {
+			after[i], _ = c.Counters(ctx, i)
 		}
-		if err := api.WriteMigration(out, m); err != nil {
-			return err
+		printMigration(out, m, from, to, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]))
+		if routes, err := c.Steerctl(ctx, s.From, "routes"); err == nil {
+			fmt.Fprintf(out, "steerctl routes on %s after the drain:\n%s", from, indent(routes))
 		}
 		if m.Result != api.Succeeded {
-			failed = append(failed, fmt.Sprintf("%s -> %s: %v", names[s.From], names[s.To], m.Error))
+			failed = append(failed, fmt.Sprintf("%s -> %s: %s: %v", from, to, m.Result, m.Error))
 			break
 		}
-		sleep(ctx, o.Settle)
+		if !o.NoDatapath && delta(before[s.From], after[s.From])["forwarded"] == 0 {
+			failed = append(failed, fmt.Sprintf("%s -> %s: %s forwarded no packet to %s", from, to, from, to))
+		}
+		sleep(ctx, o.Settle/2)
 	}
 
-	say("stopping the load client")
-	lerr := stopLoad()
-	rep, rerr := readReport(report)
+	say("stopping the load client (waits for outstanding answers)")
+	rep, lerr := ld.Stop()
+	stopped = true
+	if err := writeEvents(filepath.Join(c.WorkDir, "load-events.jsonl"), ld.Events()); err != nil {
+		say("write load events: %v", err)
+	}
 	switch {
-	case rerr != nil:
-		failed = append(failed, fmt.Sprintf("load report: %v (load client: %v)", rerr, lerr))
+	case lerr != nil:
+		failed = append(failed, fmt.Sprintf("load client: %v", lerr))
 	default:
-		fmt.Fprintf(out, "load: sent %d, received %d, lost %d, out of order %d, wrong %d, failed connections %d, switched %d, max gap %.1f ms\n",
-			rep.Sent, rep.Received, rep.Lost, rep.OutOfOrder, rep.Wrong, rep.Failed, rep.Switched, rep.MaxGapMS)
-		if rep.Lost != 0 || rep.Wrong != 0 || rep.Failed != 0 || rep.Received == 0 {
-			failed = append(failed, "load client saw lost or wrong answers or failed connections")
+		printLoad(out, rep, c)
+		if !rep.OK() || rep.Received == 0 {
+			failed = append(failed, fmt.Sprintf("load client: lost %d, out of order %d, wrong %d, failed connections %d", rep.Lost, rep.OutOfOrder, rep.Wrong, rep.Failed))
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("demo: verification failed (logs in %s): %v", o.WorkDir, failed)
+		keep = true
+		return fmt.Errorf("demo: %w (logs in %s): %s", ErrVerify, c.WorkDir, strings.Join(failed, "; "))
 	}
-	say("demo passed")
+	say("demo passed: the service moved twice, every request answered, state kept")
 	return nil
 }
 
-// loadReport is the subset of examples/loadclient's report the demo checks.
-type loadReport struct {
-	Sent, Received, Lost, OutOfOrder, Wrong uint64
-	Switched, Failed                        int
-	MaxGapMS                                float64 `json:"max_gap_ms"`
-}
+// ErrVerify is wrapped by Run's error when a migration failed or the load client lost, reordered
+// or got wrong answers.
+var ErrVerify = errors.New("verification failed")
 
-func readReport(path string) (*loadReport, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var r struct {
-		Sent       uint64  `json:"sent"`
-		Received   uint64  `json:"received"`
-		Lost       uint64  `json:"lost"`
-		OutOfOrder uint64  `json:"out_of_order"`
-		Wrong      uint64  `json:"wrong"`
-		Switched   int     `json:"switched"`
-		Failed     int     `json:"failed"`
-		MaxGapMS   float64 `json:"max_gap_ms"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", path, err)
-	}
-	lr := loadReport(r)
-	return &lr, nil
-}
-
-func nodeConfig(o Options, tb *netns.Testbed, i int, names []string, pkiDir string) *daemon.Config {
-	n := tb.Nodes[i]
-	cfg := &daemon.Config{
-		Node: names[i], Uplink: n.Link, IPv4: n.IPv4, IPv6: n.IPv6,
-		PKIDir:        pkiDir,
-		StateDir:      filepath.Join(o.WorkDir, names[i], "state"),
-		ControlSocket: filepath.Join(o.WorkDir, names[i], "control.sock"),
-		PodNSPrefix:   fmt.Sprintf("stdr-t%s-%s-", tb.ID, names[i]),
-		NoDatapath:    o.NoDatapath,
-		Services: []daemon.ServiceDef{{Name: service, Port: port, Instance: instance, PodIPv4: pod4, PodIPv6: pod6,
-			Bundle: o.Bundle}},
-	}
-	for j, p := range tb.Nodes {
-		if j != i {
-			cfg.Peers = append(cfg.Peers, daemon.PeerDef{Name: names[j], Address: p.IPv4, IPv6: p.IPv6})
+func delta(a, b map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for k, v := range b {
+		if v > a[k] {
+			d[k] = v - a[k]
 		}
 	}
-	return cfg
+	return d
 }
 
-// startSteerd starts steerd inside the namespace ns and returns a function that stops it
-// (SIGTERM, then SIGKILL after 5 s).
-func startSteerd(ctx context.Context, o Options, ns, cfgPath, logPath string) (func(), error) {
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	abs, err := filepath.Abs(o.Steerd)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns, abs, "--config", cfgPath, "--log-format", "json")
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, err
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done); lf.Close() }()
-	return func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
+// phaseDur returns the duration and bytes of the first End (or Fail) event of phase p on node
+// ("" = any); engine selects the sub-phase events the container engine reported.
+func phaseDur(es []api.Event, p api.Phase, node string, engine bool) (time.Duration, int64, bool) {
+	for _, e := range es {
+		if e.Phase == p && (e.Kind == api.End || e.Kind == api.Fail) && (node == "" || e.Node == node) && engine == (e.Detail == "engine") {
+			return e.Duration, e.Bytes, true
 		}
-	}, nil
+	}
+	return 0, 0, false
 }
 
-func waitReady(ctx context.Context, c *api.Client, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, last = c.Status(rctx)
-		cancel()
-		if last == nil {
-			return nil
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+// printMigration prints a migration's timeline (per-file transfer events folded into one line),
+// its phase durations and the datapath counters of both nodes during it.
+func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map[string]uint64) {
+	var es []api.Event
+	files := 0
+	for _, e := range m.Events {
+		if e.Phase == api.PhaseTransfer && e.Detail != "engine" {
+			if e.Kind == api.End {
+				files++
+			}
+			continue
 		}
-		if !sleep(ctx, 100*time.Millisecond) {
-			return ctx.Err()
+		es = append(es, e)
+	}
+	fmt.Fprintln(w, "timeline:")
+	var b strings.Builder
+	_ = api.WriteTimeline(&b, es)
+	fmt.Fprint(w, indent(b.String()))
+	_ = api.WriteMigration(w, m)
+	line := func(name string, p api.Phase, node, extra string) {
+		engine := p == "pause" || p == "dump" || p == "runc-restore"
+		if d, _, ok := phaseDur(m.Events, p, node, engine); ok {
+			fmt.Fprintf(w, "  %-22s %10s  %s\n", name, ms(d), extra)
 		}
 	}
-	return last
+	fmt.Fprintln(w, "phases:")
+	line("prepare-dest ("+to+")", api.PhaseDest, "", "destination reserves the service")
+	line("prepare (quicext)", api.PhasePrepare, from, fmt.Sprintf("%s: %d connections ready, %d not ready, %d unsupported", m.Strategy, m.Ready, m.NotReady, m.Unsupported))
+	line("pause (freezer)", "pause", from, "freeze starts")
+	_, dumpBytes, _ := phaseDur(m.Events, "dump", from, true)
+	line("dump (CRIU)", "dump", from, fmt.Sprintf("image %s", api.Bytes(dumpBytes)))
+	if d, n, ok := phaseDur(m.Events, api.PhaseTransfer, from, true); ok {
+		rate := 0.0
+		if d > 0 {
+			rate = float64(n) / (1 << 20) / d.Seconds()
+		}
+		fmt.Fprintf(w, "  %-22s %10s  %s in %d files over the mTLS peer channel (%.0f MiB/s)\n", "transfer", ms(d), api.Bytes(n), files, rate)
+	}
+	line("restore ("+to+")", api.PhaseRestore, to, "pod namespace + runc restore + datapath local")
+	line("  runc restore", "runc-restore", to, "")
+	line("route ("+from+")", api.PhaseRoute, from, "source forwards the instance to "+to)
+	line("restored (quicext)", api.PhaseRestored, to, "service told its new address")
+	line("complete ("+from+")", api.PhaseComplete, from, "source container removed")
+	line("drain ("+from+")", api.PhaseDrain, from, drainDetail(m.Events))
+	fmt.Fprintf(w, "  %-22s %10s  freeze to restored container running\n", "downtime", ms(m.Downtime))
+	fmt.Fprintln(w, "XDP datapath during the migration (packets):")
+	fmt.Fprintf(w, "  %s: forwarded to %s %d, delivered locally %d, replies SNAT'd %d\n", from, to, src["forwarded"], src["local"], src["snat"]+src["snat_default"])
+	fmt.Fprintf(w, "  %s: decapsulated %d, delivered locally %d, replies SNAT'd %d (to the address the client used)\n", to, dst["decapsulated"], dst["local"], dst["snat"]+dst["snat_default"])
+	for _, k := range []string{"drop_decap_undeliverable", "drop_peer_unreachable", "drop_too_big", "drop_error", "pass_unknown_instance"} {
+		if src[k]+dst[k] > 0 {
+			fmt.Fprintf(w, "  %s: %s %d, %s %d\n", k, from, src[k], to, dst[k])
+		}
+	}
 }
+
+func drainDetail(es []api.Event) string {
+	for _, e := range es {
+		if e.Phase == api.PhaseDrain && e.Kind == api.Info {
+			return e.Detail
+		}
+	}
+	return ""
+}
+
+// printLoad prints the load report: totals, and per connection the largest gap, switches and the
+// server address it ended on.
+func printLoad(w io.Writer, r *load.Report, c *Cluster) {
+	fmt.Fprintf(w, "load: %d connections, sent %d, received %d, lost %d, out of order %d, wrong %d, failed connections %d, switched %d, max gap %.1f ms\n",
+		len(r.Conns), r.Sent, r.Received, r.Lost, r.OutOfOrder, r.Wrong, r.Failed, r.Switched, r.MaxGapMS)
+	names := map[string]string{}
+	for i := range c.Names {
+		names[c.Public(i).String()] = c.Names[i]
+	}
+	for _, cr := range r.Conns {
+		var sw []string
+		for _, s := range cr.Switches {
+			n := names[s.Addr]
+			sw = append(sw, fmt.Sprintf("%s(%s)", s.Addr, n))
+		}
+		fmt.Fprintf(w, "  conn %d: %s, %d answered, counter %d..%d, max gap %.1f ms, switches [%s], ended on %s (%s)%s\n",
+			cr.Conn, cr.Negotiated, cr.Received, cr.FirstValue, cr.LastValue, cr.MaxGap.MS, strings.Join(sw, " "), cr.ServerAddr, names[cr.ServerAddr], errSuffix(cr.Err))
+	}
+}
+
+func errSuffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ", error: " + s
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}
+
+// writeEvents writes the load client's events as JSON lines.
+func writeEvents(path string, es []load.Event) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	for _, e := range es {
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+func trimNL(s string) string { return strings.TrimSpace(s) }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	select {

@@ -1,0 +1,315 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/steerd/steerd/api"
+	mig "github.com/steerd/steerd/migrate"
+	"github.com/steerd/steerd/pod"
+)
+
+// PodEngine is an Engine that creates and deletes the pod network namespace of each container
+// itself (package migrate creates it in Run and Restore, with the stable pod addresses of the
+// ContainerSpec, and deletes it with the container). The daemon then creates no pod: it asks the
+// engine for the pod after Run and Restore, attaches the datapath to it, and only detaches the
+// datapath when the container goes.
+type PodEngine interface {
+	Engine
+	// Pod returns the pod of a container that runs on this node; the error wraps ErrNotRunning
+	// when there is none.
+	Pod(service string) (*pod.Pod, error)
+}
+
+// ErrNoRuntime is returned by NewRuncEngine when runc or CRIU is missing.
+var ErrNoRuntime = errors.New("container runtime not installed")
+
+// RuncEngine implements Engine (and PodEngine) with package migrate: runc runs the containers,
+// CRIU checkpoints and restores them (runc checkpoint / runc restore, CRIU "Live migration").
+// The image goes to the destination through the daemon's mTLS peer channel (ImageTransport), one
+// file per stream.
+//
+// Techniques: Cold (pause, full dump with --leave-running so that a failed migration resumes the
+// paused source, transfer, restore). Pre-copy and hybrid need soft-dirty tracking and post-copy
+// needs CRIU lazy pages, which package migrate does not drive yet: Checkpoint refuses them at once,
+// before the service is told anything, with an error wrapping migrate.ErrTechniqueUnsupported.
+type RuncEngine struct {
+	eng *mig.Engine
+	log *slog.Logger
+}
+
+// NewRuncEngine returns the runc + CRIU engine of a node. Its state (runc root, generated bundles,
+// checkpoint images, runc logs) lives in <cfg.StateDir>/engine; pod namespaces are named
+// cfg.PodNS(service), the same names the daemon uses. runc and criu are looked up in PATH; the
+// error wraps ErrNoRuntime when either is missing.
+func NewRuncEngine(cfg *Config, log *slog.Logger) (*RuncEngine, error) {
+	for _, b := range []string{"runc", "criu"} {
+		if _, err := exec.LookPath(b); err != nil {
+			return nil, fmt.Errorf("new runc engine: %w: %s: %w", ErrNoRuntime, b, err)
+		}
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	state, err := filepath.Abs(filepath.Join(cfg.StateDir, "engine"))
+	if err != nil {
+		return nil, fmt.Errorf("new runc engine: %w", err)
+	}
+	e, err := mig.NewEngine(mig.Config{Node: cfg.Node, StateDir: state, PodPrefix: cfg.PodNSPrefix, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("new runc engine: %w", err)
+	}
+	// Detect the CRIU features now (criu check, ~150 ms) rather than inside the first migration.
+	go e.Capabilities(context.Background())
+	return &RuncEngine{eng: e, log: log}, nil
+}
+
+// RuntimeAvailable reports whether runc and criu are in PATH (the default runtime is "runc" then).
+func RuntimeAvailable() bool {
+	for _, b := range []string{"runc", "criu"} {
+		if _, err := exec.LookPath(b); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Migrate returns the underlying engine.
+func (r *RuncEngine) Migrate() *mig.Engine { return r.eng }
+
+// techniques maps the API's names to package migrate's.
+var techniques = map[api.Technique]mig.Technique{
+	api.Cold: mig.Cold, api.PreCopy: mig.PreCopy, api.PostCopy: mig.PostCopy, api.Hybrid: mig.Hybrid,
+}
+
+// Supports returns nil when this node can migrate with technique t, else an error wrapping
+// migrate.ErrTechniqueUnsupported that says why (missing kernel feature, or not implemented).
+func (r *RuncEngine) Supports(ctx context.Context, t api.Technique) error {
+	mt, ok := techniques[t]
+	if !ok {
+		return fmt.Errorf("%w: %q", mig.ErrTechniqueUnsupported, t)
+	}
+	caps, err := r.eng.Capabilities(ctx)
+	if err != nil {
+		return fmt.Errorf("check technique %s: %w", t, err)
+	}
+	if err := caps.Supports(mt); err != nil {
+		return err
+	}
+	if mt != mig.Cold {
+		return fmt.Errorf("%w: %s: package migrate implements only cold checkpoints so far (no pre-dump or lazy-pages driver)", mig.ErrTechniqueUnsupported, t)
+	}
+	return nil
+}
+
+// bundleProcess reads the process of an OCI bundle: the host path of its executable (rootfs +
+// process.args[0]), its arguments and environment (OCI runtime spec, config.md "process"). A
+// Bundle that is a regular file is taken as the static service binary itself.
+func bundleProcess(bundle string) (binary string, args, env []string, err error) {
+	fi, err := os.Stat(bundle)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("read bundle: %w", err)
+	}
+	if fi.Mode().IsRegular() {
+		abs, err := filepath.Abs(bundle)
+		return abs, nil, nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("read bundle: %w", err)
+	}
+	var spec struct {
+		Root struct {
+			Path string `json:"path"`
+		} `json:"root"`
+		Process struct {
+			Args []string `json:"args"`
+			Env  []string `json:"env"`
+		} `json:"process"`
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return "", nil, nil, fmt.Errorf("read bundle %s: %w", bundle, err)
+	}
+	if len(spec.Process.Args) == 0 {
+		return "", nil, nil, fmt.Errorf("read bundle %s: %w: process.args is empty", bundle, ErrBadRequest)
+	}
+	root := spec.Root.Path
+	if root == "" {
+		root = "rootfs"
+	}
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(bundle, root)
+	}
+	binary, err = filepath.Abs(filepath.Join(root, spec.Process.Args[0]))
+	if err != nil {
+		return "", nil, nil, err
+	}
+	var envOut []string
+	for _, e := range spec.Process.Env {
+		if !strings.HasPrefix(e, "PATH=") {
+			envOut = append(envOut, e)
+		}
+	}
+	return binary, spec.Process.Args[1:], envOut, nil
+}
+
+// Run implements Engine: it generates a bundle for the service's binary with the pod addresses
+// and starts it (migrate.Engine.Run creates the pod namespace). s.Args, when set, replace the
+// bundle's arguments; a leading program name ("/kvservice") is dropped.
+func (r *RuncEngine) Run(ctx context.Context, s ContainerSpec) error {
+	if s.Bundle == "" {
+		return fmt.Errorf("run %s: %w: no bundle", s.Name, ErrBadRequest)
+	}
+	bin, args, env, err := bundleProcess(s.Bundle)
+	if err != nil {
+		return fmt.Errorf("run %s: %w", s.Name, err)
+	}
+	if len(s.Args) > 0 {
+		args = s.Args
+		// An argument vector that starts with the program itself (steerctl run kv -- /kvservice
+		// ...) names the bundle's executable: keep only its arguments.
+		if a0 := args[0]; a0 == "/"+filepath.Base(bin) || a0 == filepath.Base(bin) {
+			args = args[1:]
+		}
+	}
+	_, err = r.eng.Run(ctx, mig.ContainerSpec{ID: s.Name, Binary: bin, Args: args, Env: env, IPv4: s.IPv4, IPv6: s.IPv6})
+	return err
+}
+
+// Pod implements PodEngine.
+func (r *RuncEngine) Pod(service string) (*pod.Pod, error) {
+	c, err := r.eng.Container(service)
+	if err != nil {
+		return nil, fmt.Errorf("pod of %s: %w: %w", service, ErrNotRunning, err)
+	}
+	return c.Pod, nil
+}
+
+// Checkpoint implements Engine (cold): technique check, BeforeFreeze (the quicext prepare), runc
+// pause (cgroup freezer: the freeze starts), runc checkpoint --leave-running (CRIU dump; the
+// container stays paused for a rollback), then every image file through req.Transport. Phases
+// reported: "pause", "dump", "transfer" (bytes = image size).
+func (r *RuncEngine) Checkpoint(ctx context.Context, req CheckpointRequest) (EngineReport, error) {
+	var rep EngineReport
+	if err := r.Supports(ctx, req.Technique); err != nil {
+		return rep, err
+	}
+	if _, err := r.eng.Container(req.Service); err != nil {
+		return rep, err
+	}
+	if req.BeforeFreeze != nil {
+		if err := req.BeforeFreeze(ctx); err != nil {
+			return rep, err
+		}
+	}
+	phase := func(name string, start time.Time, bytes int64) {
+		rep.Phases = append(rep.Phases, PhaseTime{Name: name, Start: start, End: time.Now(), Bytes: bytes})
+	}
+	t := time.Now()
+	if err := r.eng.Pause(ctx, req.Service); err != nil {
+		return rep, err
+	}
+	phase("pause", t, 0)
+	t = time.Now()
+	n, err := r.eng.Checkpoint(ctx, req.Service, mig.CheckpointOptions{LeaveRunning: true})
+	if err != nil {
+		return rep, err
+	}
+	phase("dump", t, n)
+	rep.Bytes = n
+	t = time.Now()
+	if err := sendDir(ctx, r.eng.ImageDir(req.Service), req.Transport); err != nil {
+		return rep, err
+	}
+	phase("transfer", t, n)
+	return rep, nil
+}
+
+// sendDir sends every regular file under dir, in lexical order, with its "/"-separated relative
+// name.
+func sendDir(ctx context.Context, dir string, tr ImageTransport) error {
+	if tr == nil {
+		return fmt.Errorf("send image: %w: no transport", ErrBadRequest)
+	}
+	return filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		return tr.SendFile(ctx, filepath.ToSlash(rel), f, fi.Size())
+	})
+}
+
+// Resume implements Engine: a paused container is thawed (runc resume), a running one is left
+// alone; a container the engine no longer has is an error wrapping ErrNotRunning.
+func (r *RuncEngine) Resume(ctx context.Context, service string) error {
+	if _, err := r.eng.Container(service); err != nil {
+		return fmt.Errorf("resume %s: %w: %w", service, ErrNotRunning, err)
+	}
+	st, err := r.eng.Status(ctx, service)
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", service, err)
+	}
+	switch st {
+	case "running":
+		return nil
+	case "paused":
+		return r.eng.Resume(ctx, service)
+	}
+	return fmt.Errorf("resume %s: %w: runc status %q", service, ErrNotRunning, st)
+}
+
+// Complete implements Engine: it deletes the (paused) source container with its pod, bundle and
+// image.
+func (r *RuncEngine) Complete(ctx context.Context, service string) error {
+	return r.eng.Delete(ctx, service)
+}
+
+// Restore implements Engine: runc restore of req.ImageDir (which holds migrate.SpecFile) into a new
+// pod namespace created by the engine. Phase reported: "restore".
+func (r *RuncEngine) Restore(ctx context.Context, req RestoreRequest) (EngineReport, error) {
+	var rep EngineReport
+	if err := r.Supports(ctx, req.Technique); err != nil {
+		return rep, err
+	}
+	t := time.Now()
+	if _, err := r.eng.Restore(ctx, req.ImageDir); err != nil {
+		return rep, err
+	}
+	rep.Phases = append(rep.Phases, PhaseTime{Name: "runc-restore", Start: t, End: time.Now()})
+	return rep, nil
+}
+
+// Remove implements Engine: it deletes the container if the engine has it.
+func (r *RuncEngine) Remove(ctx context.Context, service string) error {
+	err := r.eng.Delete(ctx, service)
+	if errors.Is(err, mig.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Close deletes every container of the engine (tests, `steerd demo`); a daemon that stops leaves
+// its containers running.
+func (r *RuncEngine) Close() error { return r.eng.Close() }
