@@ -25,6 +25,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/steerd/steerd/examples/kv"
@@ -66,11 +67,22 @@ func main() {
 	if err != nil {
 		log.Fatalf("kvsvc: listen %s: %v", *listen, err)
 	}
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
 	if *state != "" {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		go func() {
 			<-sig
+			// Close every connection before reading the value: a response a client received
+			// was written before the close, after its increment, so the saved value is at
+			// least every value a client saw (the counter never goes backwards across the move).
+			mu.Lock()
+			l.Close()
+			for c := range conns {
+				c.Close()
+			}
+			mu.Unlock()
 			if err := os.WriteFile(*state, []byte(strconv.FormatUint(store.Get(*stateKey), 10)), 0o644); err != nil {
 				log.Printf("kvsvc: write state: %v", err)
 				os.Exit(1)
@@ -85,9 +97,15 @@ func main() {
 		if err != nil {
 			log.Fatalf("kvsvc: accept: %v", err)
 		}
+		mu.Lock()
+		conns[c] = true
+		mu.Unlock()
 		go func() {
-			defer c.Close()
 			_ = store.Serve(c)
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+			c.Close()
 		}()
 	}
 }
