@@ -95,6 +95,7 @@ func main() {
 	for {
 		c, err := tl.Accept()
 		if err != nil {
+			mu.Lock() // the SIGTERM handler holds it while it closes l; it exits the process
 			log.Fatalf("kvsvc: accept: %v", err)
 		}
 		mu.Lock()
