@@ -82,7 +82,7 @@ func main() {
 			for c := range conns {
 				c.Close()
 			}
-			mu.Unlock()
+			// mu stays locked until the process exits: nothing else may end it first.
 			if err := os.WriteFile(*state, []byte(strconv.FormatUint(store.Get(*stateKey), 10)), 0o644); err != nil {
 				log.Printf("kvsvc: write state: %v", err)
 				os.Exit(1)
