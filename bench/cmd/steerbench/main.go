@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -148,7 +149,13 @@ func run(o options) error {
 
 	// 3 (planned before 2 so that the baselines know their share). The matrix migrator.
 	m := &matrix.Steerd{Bin: o.bin, Repo: o.repo}
-	cells := matrix.Cells()
+	defer m.Close()
+	var cells []matrix.Cell
+	for _, c := range matrix.Cells() {
+		if slices.Contains(o.sizes, c.BallastMB) {
+			cells = append(cells, c)
+		}
+	}
 	matrixReady := 0
 	for _, c := range cells {
 		if m.Ready(c) == nil {

@@ -2,64 +2,229 @@ package matrix
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/steerd/steerd/api"
+	"github.com/steerd/steerd/daemon/demo"
+	"github.com/steerd/steerd/migrate"
 )
 
-// Steerd drives the real steerd migration flow (cmd/steerd -> migrate/ -> quicext control
-// endpoint -> datapath/). It is the HOOK for the migration engine and the daemon:
+// ErrNoXDPOff is wrapped by Steerd.Ready for the XDP-off cells: steerd has no forwarding mode
+// without its datapath. daemon.Config.NoDatapath (steerd --no-datapath, demo.ClusterOptions.
+// NoDatapath) is "control plane only": nothing carries a client's packets from the node's public
+// address to the pod, so no QUIC client reaches the service at all (measured: `steerd demo
+// --no-datapath` fails with "dial quic: context deadline exceeded" before any migration).
+var ErrNoXDPOff = errors.New("steerd has no XDP-off forwarding mode")
+
+// Steerd drives the real steerd migration flow through its public interfaces, the way
+// `steerd demo` and the e2e tests do (daemon/demo.Cluster): bin/steerd runs on both nodes of a
+// netns testbed of its own (1 client, router, 2 nodes, XDP datapath), bin/steerctl starts the
+// QUIC example service (examples/kvservice with examples/kv's Store, as a runc container, with
+// -ballast-mb Cell.BallastMB) on node 0, a QUIC load client (examples/loadclient/load, one
+// connection, one INCR every 10 ms, in the client namespace) talks to the service's node's public
+// address, and the control API (package api) migrates the service to the other node with
+// Cell.Strategy and Cell.Technique. Each run moves the service once (n0 -> n1, then n1 -> n0, ...);
+// one cluster serves every run of a ballast size and is replaced when the size changes.
 //
-//   - Ready must return nil once `bin/steerd` can, on a tests/netns testbed, start the QUIC demo
-//     service (quicext server + a counter over a QUIC stream, same protocol as bench/internal/kv)
-//     with a ballast of Cell.BallastMB, migrate it from node 0 to node 1 with technique
-//     Cell.Technique and strategy Cell.Strategy, with the XDP datapath loaded or not (Cell.XDP),
-//     and report the freeze time measured by the migrate engine.
-//   - Run must then (1) start that service, (2) run a paced QUIC client in client 0 (request
-//     every Env.Interval, bounded; kv.Trace gives the gap), (3) trigger the migration, (4) return
-//     Sample{ClientGap: trace.MaxGap(moveStart), Freeze: <engine's freeze time>, StateKept:
-//     trace.Monotonic()}.
-//
-// Until then Ready returns an error wrapping ErrNotReady that names what is missing, and the
-// matrix rows say "not run: <that reason>".
+// Sample: ClientGap is the load client's largest gap between successive responses
+// (load.ConnReport.MaxGap); Freeze is the daemon's migration report's downtime (api.Migration.
+// Downtime: start of the checkpoint to the end of the restore); StateKept: every response carried
+// exactly the previous value + 1 (load.Report.Wrong == 0) and none was lost.
 type Steerd struct {
-	// Bin is the directory holding the built steerd binaries (bin/).
+	// Bin is the directory holding the built binaries (bin/: steerd, steerctl, kvservice).
 	Bin string
-	// Repo is the checkout root (to see which packages exist yet).
+	// Repo is the checkout root (unused by the runs; kept for the report).
 	Repo string
+	// Warmup is the load time before the migration [300ms]; After the load time after the
+	// migration's end [300ms]; Drain the migration's drain period [500ms].
+	Warmup, After, Drain time.Duration
+	// Log receives the clusters' progress lines (nil: discarded).
+	Log io.Writer
+
+	capsOnce sync.Once
+	caps     migrate.Capabilities
+	capsErr  error
+
+	cluster *demo.Cluster
+	size    int // ballast of cluster
+	at      int // node index the service is on
 }
 
 // Name implements Migrator.
 func (s *Steerd) Name() string { return "steerd" }
 
-// Ready implements Migrator.
+func (s *Steerd) bin(name string) string { return filepath.Join(s.Bin, name) }
+
+// Ready implements Migrator: the binaries exist, the cell has XDP on (ErrNoXDPOff otherwise),
+// and this machine's CRIU/kernel support the technique (migrate.DetectCapabilities).
 func (s *Steerd) Ready(c Cell) error {
 	var missing []string
-	if !hasGo(filepath.Join(s.Repo, "migrate")) {
-		missing = append(missing, "migrate/ has no Go package (runc+CRIU engine)")
-	}
-	if fi, err := os.Stat(filepath.Join(s.Bin, "steerd")); err != nil || fi.Mode()&0o111 == 0 {
-		missing = append(missing, "bin/steerd is not built")
+	for _, b := range []string{"steerd", "steerctl", "kvservice"} {
+		if fi, err := os.Stat(s.bin(b)); err != nil || fi.Mode()&0o111 == 0 {
+			missing = append(missing, s.bin(b))
+		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: %v", ErrNotReady, missing)
+		return fmt.Errorf("%w: not built: %s (make build)", ErrNotReady, strings.Join(missing, ", "))
 	}
-	return fmt.Errorf("%w: the steerd migration flow is not wired into the bench yet (hook: bench/internal/matrix/steerd.go Steerd.Run)", ErrNotReady)
+	if !c.XDP {
+		return fmt.Errorf("%w: %w: steerd --no-datapath is control plane only, no client packet reaches the pod (steerd demo --no-datapath: dial quic: context deadline exceeded)", ErrNotReady, ErrNoXDPOff)
+	}
+	t, err := technique(c.Technique)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, err)
+	}
+	s.capsOnce.Do(func() { s.caps, s.capsErr = migrate.DetectCapabilities(context.Background(), "") })
+	if s.capsErr != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, s.capsErr)
+	}
+	if err := s.caps.Supports(t); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, err)
+	}
+	return nil
+}
+
+func technique(name string) (migrate.Technique, error) {
+	for _, t := range migrate.Techniques {
+		if t.String() == name {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown technique %q", name)
 }
 
 // Run implements Migrator.
 func (s *Steerd) Run(ctx context.Context, env *Env, c Cell, run int) (Sample, error) {
-	return Sample{}, s.Ready(c)
+	if err := s.Ready(c); err != nil {
+		return Sample{}, err
+	}
+	warm, after, drain := orDefault(s.Warmup, 300*time.Millisecond), orDefault(s.After, 300*time.Millisecond), orDefault(s.Drain, 500*time.Millisecond)
+	if err := s.ensureCluster(ctx, env, c.BallastMB); err != nil {
+		return Sample{}, err
+	}
+	cl := s.cluster
+	from, to := s.at, 1-s.at
+	ld, err := cl.StartLoad(ctx, cl.Public(from), 1)
+	if err != nil {
+		s.closeCluster() // the next run starts afresh
+		return Sample{}, fmt.Errorf("start load on %s: %w", cl.Names[from], err)
+	}
+	sleep(ctx, warm)
+	mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	m, merr := cl.Migrate(mctx, from, to, c.Strategy, api.Technique(c.Technique), drain)
+	cancel()
+	sleep(ctx, after)
+	rep, lerr := ld.Stop()
+	if merr == nil && m.Result == api.Succeeded {
+		s.at = to
+	} else if at, ok := s.locate(ctx); ok {
+		s.at = at
+	} else {
+		s.closeCluster()
+	}
+	switch {
+	case merr != nil:
+		return Sample{}, fmt.Errorf("migrate %s -> %s: %w", cl.Names[from], cl.Names[to], merr)
+	case m.Result != api.Succeeded:
+		return Sample{}, fmt.Errorf("migrate %s -> %s: %s: %v", cl.Names[from], cl.Names[to], m.Result, m.Error)
+	case lerr != nil:
+		return Sample{}, fmt.Errorf("load client: %w", lerr)
+	case rep == nil || len(rep.Conns) != 1:
+		return Sample{}, errors.New("load client: no connection report")
+	}
+	cr := rep.Conns[0]
+	if cr.Err != "" {
+		return Sample{}, fmt.Errorf("client connection failed across the migration: %s", cr.Err)
+	}
+	smp := Sample{
+		ClientGap: time.Duration(cr.MaxGap.MS * float64(time.Millisecond)),
+		Freeze:    m.Downtime,
+		StateKept: cr.Wrong == 0 && cr.Lost == 0 && cr.OutOfOrder == 0 && cr.Received > 0,
+		Notes: fmt.Sprintf("%s->%s image %.1fMiB; answered %d lost %d wrong %d; switches %d; negotiated %s",
+			cl.Names[from], cl.Names[to], float64(m.Bytes)/(1<<20), cr.Received, cr.Lost, cr.Wrong, len(cr.Switches), cr.Negotiated),
+	}
+	return smp, nil
 }
 
-func hasGo(dir string) bool {
-	m, _ := filepath.Glob(filepath.Join(dir, "*.go"))
-	for _, f := range m {
-		if filepath.Ext(f) == ".go" && !isTest(f) {
-			return true
+// ensureCluster starts a cluster whose service has a ballast of size MiB, unless the current one
+// has it already.
+func (s *Steerd) ensureCluster(ctx context.Context, env *Env, size int) error {
+	if s.cluster != nil && s.size == size {
+		return nil
+	}
+	s.closeCluster()
+	work := filepath.Join(env.Work, fmt.Sprintf("steerd-%dmb-%d", size, time.Now().UnixNano()))
+	cl, err := demo.StartCluster(ctx, demo.ClusterOptions{
+		Steerd: s.bin("steerd"), Steerctl: s.bin("steerctl"), KVService: s.bin("kvservice"),
+		KVArgs: []string{"-ballast-mb", fmt.Sprint(size)}, WorkDir: work, Log: s.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("start steerd cluster: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	_, err = cl.Steerctl(rctx, 0, "run", demo.Service)
+	cancel()
+	if err != nil {
+		cl.Close()
+		os.RemoveAll(work)
+		return fmt.Errorf("steerctl run %s on n0: %w", demo.Service, err)
+	}
+	s.cluster, s.size, s.at = cl, size, 0
+	return nil
+}
+
+// locate asks both nodes where the service runs (after a failed migration).
+func (s *Steerd) locate(ctx context.Context) (int, bool) {
+	for i := range s.cluster.Names {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := s.cluster.API[i].Status(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, sv := range st.Services {
+			if sv.Name == demo.Service && sv.State == "running" {
+				return i, true
+			}
 		}
 	}
-	return false
+	return 0, false
 }
 
-func isTest(f string) bool { return len(f) > 8 && f[len(f)-8:] == "_test.go" }
+func (s *Steerd) closeCluster() {
+	if s.cluster == nil {
+		return
+	}
+	_ = s.cluster.Close()
+	os.RemoveAll(s.cluster.WorkDir)
+	s.cluster = nil
+}
+
+// Close stops the cluster of the last runs (steerd processes, containers, namespaces).
+func (s *Steerd) Close() error {
+	s.closeCluster()
+	return nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
