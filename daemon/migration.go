@@ -23,6 +23,8 @@ const (
 	migrationTimeout = 5 * time.Minute
 	// rollbackTimeout bounds the rollback of a failed migration.
 	rollbackTimeout = 30 * time.Second
+	// abortTimeout bounds the destination's abort during a rollback.
+	abortTimeout = 2 * time.Second
 )
 
 // migration is the source node's record of one migration.
@@ -66,7 +68,8 @@ func newID() string {
 
 // rollbackState records what a migration changed, so that a rollback undoes exactly that.
 type rollbackState struct {
-	destTouched bool // prepare-restore sent: the destination may hold a pod, image, container
+	destTouched bool // prepare-restore sent: the destination may hold a pod, image
+	restoreSent bool // restore sent: the destination may run a container
 	checkpoint  bool // engine.Checkpoint called: the container may be frozen or stopped
 	prepared    bool // quicext prepare sent to the service on the source
 	routed      bool // the source forwards the instance to the destination
@@ -321,6 +324,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	}
 	if err == nil {
 		err = step(api.PhaseRestore, func() error {
+			rb.restoreSent = true
 			err := call(opRestore, restoreReq{Migration: id, Service: def.Name, Technique: req.Technique})
 			restoredAt = time.Now()
 			return err
@@ -441,12 +445,23 @@ func (d *Daemon) rollback(mg *migration, s *service, def ServiceDef, peer Peer, 
 		}
 	}
 	if rb.destTouched {
-		r, err := peer.Call(ctx, opAbort, abortReq{Migration: mg.m.ID, Service: def.Name})
+		// An unreachable destination must not keep the source frozen: the abort gets
+		// abortTimeout. Before restore the destination holds at most a pod and image files, so
+		// failing to clean them is noted but the rollback stands; after restore it may run a
+		// second copy of the service, and the rollback fails (an operator must look).
+		actx, acancel := context.WithTimeout(ctx, abortTimeout)
+		r, err := peer.Call(actx, opAbort, abortReq{Migration: mg.m.ID, Service: def.Name})
+		acancel()
 		if r != nil {
 			mg.tl.merge(r.Events)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("abort on destination: %w", err))
+			err = fmt.Errorf("abort on destination %s: %w", mg.m.To, err)
+			if rb.restoreSent {
+				errs = append(errs, err)
+			} else {
+				mg.tl.add(api.Event{Phase: api.PhaseRollback, Kind: api.Info, Detail: "destination not cleaned up (no container there yet): " + err.Error()})
+			}
 		}
 	}
 	if rb.checkpoint {

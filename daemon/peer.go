@@ -30,15 +30,23 @@ import (
 // The peer acts only for nodes whose certificate chains to the cluster CA and names a configured
 // peer; a handshake with any other certificate fails before a stream can be opened.
 
+// PeerIdleTimeout is the QUIC idle timeout of the peer channel: how long a migration takes at most
+// to notice a destination that died.
+const PeerIdleTimeout = 5 * time.Second
+
 // maxHeader bounds a request or reply line (bytes).
 const maxHeader = 1 << 20
 
 // peerQUICConfig is the QUIC configuration of both ends of the peer channel.
 func peerQUICConfig() *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:           5 * time.Second,
-		MaxIdleTimeout:                 60 * time.Second,
-		KeepAlivePeriod:                15 * time.Second,
+		HandshakeIdleTimeout: 5 * time.Second,
+		// A destination that dies while the source is frozen must be noticed fast: the service
+		// stays frozen until the transfer fails. quic-go ignores ICMP port unreachable, so a dead
+		// peer shows only as silence: keep-alive PINGs every second, idle timeout 5 s (RFC 9000
+		// section 10.1).
+		MaxIdleTimeout:                 PeerIdleTimeout,
+		KeepAlivePeriod:                time.Second,
 		MaxIncomingStreams:             256,
 		InitialStreamReceiveWindow:     4 << 20,
 		MaxStreamReceiveWindow:         32 << 20,

@@ -77,6 +77,19 @@ func (x *XDP) SetLocal(instance uint64, t LocalTarget) error {
 	if !ok {
 		return nil
 	}
+	// Initial packets of new connections that still reach a peer's address are forwarded here
+	// through that peer's fallback; after decapsulation they are delivered to the default
+	// instance of the service of their inner destination, so the peers' public addresses of the
+	// service need an entry too (docs/datapath.md, last paragraph of "Go API").
+	svc, _, _ := x.service(instance)
+	for _, pd := range x.cfg.Peers {
+		v4, v6 := pd.Public()
+		for _, a := range []netip.Addr{v4, v6} {
+			if a.IsValid() {
+				pub = append(pub, netip.AddrPortFrom(a, svc.Port))
+			}
+		}
+	}
 	for _, p := range pub {
 		if err := x.DP.AddService(datapath.Service{Public: p, DefaultInstance: connid.InstanceID(instance), HasDefault: true}); err != nil {
 			return err

@@ -46,6 +46,9 @@ type ClusterOptions struct {
 	Steerd, Steerctl, KVService string
 	// KVArgs are extra kvservice arguments (e.g. "-control", "none").
 	KVArgs []string
+	// ExtraServices are defined on both nodes besides Service (Bundle defaults to the kvservice
+	// bundle; give Args to make the container listen on the service's own pod address and port).
+	ExtraServices []daemon.ServiceDef
 	// NoDatapath runs the nodes without XDP (control plane only).
 	NoDatapath bool
 	// WorkDir holds configs, certificates, bundle, node state and logs [a temporary directory].
@@ -205,6 +208,12 @@ func (c *Cluster) nodeConfig(i int, pkiDir string) *daemon.Config {
 		Runtime:       "runc",
 		Services: []daemon.ServiceDef{{Name: Service, Port: Port, Instance: Instance, PodIPv4: Pod4, PodIPv6: Pod6,
 			Bundle: c.Bundle}},
+	}
+	for _, sd := range c.o.ExtraServices {
+		if sd.Bundle == "" {
+			sd.Bundle = c.Bundle
+		}
+		cfg.Services = append(cfg.Services, sd)
 	}
 	for j, p := range c.TB.Nodes {
 		if j != i {
