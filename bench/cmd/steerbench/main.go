@@ -37,6 +37,7 @@ import (
 
 type options struct {
 	out, kvsvc, bin, repo, xdpBench string
+	gen                             string
 	budget, interval, dpDur         time.Duration
 	matrixBudget                    time.Duration
 	ttls                            []time.Duration
@@ -56,6 +57,7 @@ func main() {
 	flag.DurationVar(&o.budget, "budget", 27*time.Minute, "time budget of the whole run")
 	flag.DurationVar(&o.matrixBudget, "matrix-budget", 12*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
+	flag.StringVar(&o.gen, "gen", dpbench.GenSendmmsg+","+dpbench.GenXDPLive, "datapath traffic generators, comma-separated: "+dpbench.GenSendmmsg+", "+dpbench.GenXDPLive+" (each runs every forwarder)")
 	flag.DurationVar(&o.dpDur, "dp-duration", 3*time.Second, "duration of each datapath case")
 	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline")
 	flag.StringVar(&sizes, "sizes", "0,10,50,100", "container ballast sizes in MiB")
@@ -118,14 +120,22 @@ func run(o options) error {
 
 	// 1. Datapath.
 	if !o.skipDatapath {
-		setup, err := dpbench.NewSetup(tb)
-		if err != nil {
-			return err
-		}
-		for _, f := range []dpbench.Forwarder{dpbench.Relay{}, dpbench.NFTDNAT{}, dpbench.XDP{}} {
-			r := dpbench.Measure(ctx, setup, f, o.dpDur)
-			log.Printf("datapath %-8s sent %.0f pps, received %.0f pps (%s)", r.Forwarder, r.SentPPS, r.PPS, r.Status)
-			s.dp = append(s.dp, r)
+		for _, g := range strings.Split(o.gen, ",") {
+			setup, err := dpbench.NewSetup(tb, g)
+			if err != nil {
+				return err
+			}
+			if setup.GenNote != "" {
+				log.Printf("datapath: %s", setup.GenNote)
+				s.genNotes = append(s.genNotes, setup.GenNote)
+			}
+			for _, f := range []dpbench.Forwarder{dpbench.Relay{}, dpbench.NFTDNAT{}, dpbench.XDP{}} {
+				for _, r := range dpbench.Measure(ctx, setup, f, o.dpDur) {
+					log.Printf("datapath %-8s (%s) offered %.0f pps: sent %.0f pps, arrived in the pod %.0f pps, read by the sink %.0f pps (%s)", r.Forwarder, r.Generator, r.Offered, r.SentPPS, r.ArrivedPPS, r.PPS, r.Status)
+					s.dp = append(s.dp, r)
+				}
+			}
+			setup.Close()
 		}
 	}
 	if !o.skipDatapath {
@@ -277,6 +287,7 @@ type summary struct {
 	dp        []dpbench.Result
 	xdpBench  string
 	costs     []dpbench.Cost
+	genNotes  []string
 	costErr   []string
 	bl        []*blCell
 	blNote    string
@@ -292,11 +303,11 @@ func (s *summary) write() error {
 	// datapath.csv
 	var rows [][]string
 	for _, r := range s.dp {
-		rows = append(rows, []string{r.Forwarder, r.Status, strconv.FormatFloat(r.Duration.Seconds(), 'f', 1, 64),
-			strconv.FormatUint(r.Sent, 10), strconv.FormatUint(r.Received, 10),
-			strconv.FormatFloat(r.SentPPS, 'f', 0, 64), strconv.FormatFloat(r.PPS, 'f', 0, 64)})
+		rows = append(rows, []string{r.Forwarder, r.Generator, strconv.FormatFloat(r.Offered, 'f', 0, 64), r.Status, strconv.FormatFloat(r.Duration.Seconds(), 'f', 3, 64),
+			strconv.FormatUint(r.Sent, 10), strconv.FormatUint(r.Arrived, 10), strconv.FormatUint(r.Received, 10),
+			strconv.FormatFloat(r.SentPPS, 'f', 0, 64), strconv.FormatFloat(r.ArrivedPPS, 'f', 0, 64), strconv.FormatFloat(r.PPS, 'f', 0, 64)})
 	}
-	if err := report.WriteCSV(filepath.Join(out, "datapath.csv"), []string{"forwarder", "status", "duration_s", "sent", "received", "sent_pps", "received_pps"}, rows); err != nil {
+	if err := report.WriteCSV(filepath.Join(out, "datapath.csv"), []string{"forwarder", "generator", "offered_pps", "status", "duration_s", "sent", "arrived_pod", "read_sink", "sent_pps", "arrived_pps", "read_pps"}, rows); err != nil {
 		return err
 	}
 	// xdp_cost.csv
@@ -423,12 +434,14 @@ func (s *summary) plots() error {
 		return err
 	}
 	var dp []report.Bar
-	for _, r := range s.dp {
-		if r.Status == "ok" {
-			dp = append(dp, report.Bar{Label: r.Forwarder, Value: r.PPS / 1000, Top: r.SentPPS / 1000})
+	for _, g := range s.generators() {
+		for _, f := range s.forwarders() {
+			if r, ok := dpbench.Best(s.dpOf(g, f)); ok {
+				dp = append(dp, report.Bar{Label: f + " / " + shortGen(g), Value: r.ArrivedPPS / 1000, Top: r.SentPPS / 1000})
+			}
 		}
 	}
-	if err := report.BarChart(filepath.Join(s.o.out, "datapath_pps.png"), fmt.Sprintf("Node A -> pod on node B, %d-byte UDP payload, %s per case", dpbench.PayloadLen, s.o.dpDur), "kpps", "received at sink", "sent by blaster", dp); err != nil {
+	if err := report.BarChart(filepath.Join(s.o.out, "datapath_pps.png"), fmt.Sprintf("Node A -> pod on node B, %d-byte UDP payload, best of a load sweep", dpbench.PayloadLen), "kpps", "best rate arrived in the pod (eth0 rx)", "offered (sent) at that point", dp); err != nil {
 		return err
 	}
 	var mx []report.Bar
@@ -493,22 +506,48 @@ func (s *summary) markdown() string {
 	}
 	w("What the client experiences: the MPTCP connection's only subflow ends with the server process (reset), and no subflow can join the new instance: its kernel has no state for the connection's token (RFC 8684 section 3.2, MP_JOIN needs the peer's token), and ADD_ADDR can only be sent by the old server kernel, which does not know the new address. The client must open a new MPTCP connection to an address it re-resolves, so MPTCP behaves as TCP+DNS here (see its gap above); it does not carry a connection across a server move.\n\n")
 
-	w("## Datapath\n\nPackets per second from node 0's public address (%s) to a sink in the pod on node 1, %d-byte UDP payload (a QUIC short header with a connid DCID naming the pod's instance), Go blaster in client 0 with sendmmsg batches of %d, %s per case, all cases in one run on the same testbed.\n\n| forwarder | status | sent pps | received pps | received / go-relay |\n|---|---|---|---|---|\n",
-		"198.18.20.2:9000", dpbench.PayloadLen, dpbench.Batch, s.o.dpDur)
-	var relay float64
+	w("## Datapath\n\nPackets per second from client 0 through node 0's public address (%s) to a sink in the pod on node 1, %d-byte UDP payload (a QUIC short header with a connid DCID naming the pod's instance), all forwarders in one run on the same testbed, once with each generator:\n\n", "198.18.20.2:9000", dpbench.PayloadLen)
+	w("- `%s`: %d UDP sockets in client 0, one goroutine each, sendmmsg batches of %d (x/net/ipv4 WriteBatch).\n", shortGen(dpbench.GenSendmmsg), dpbench.GenSockets, dpbench.Batch)
+	w("- `%s`: in the kernel, BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES runs an XDP_TX program on client 0's uplink (about 2 ms of frames per call when paced, %d unpaced), no socket; the router's client-facing veth runs xdp_pass. The frames' path (router, forwarder, node B) runs in softirq inline with the generating syscall, so this generator is throttled by the path it feeds.\n", dpbench.GenXDPLive, 1<<15)
+	for _, n := range s.genNotes {
+		w("- %s\n", n)
+	}
+	w("\nEach forwarder is offered a sweep of loads (%s pps, up to the second load of which less than 90%% arrived, then the generator unpaced), %s per load; the table shows the load with the highest arrived rate. Arrived = the pod's eth0 rx_packets counter (what the path delivered); read = what the sink socket (recvmmsg, batches of %d) read.\n\n", rateList(), s.o.dpDur, dpbench.Batch)
+	for _, g := range s.generators() {
+		w("Generator `%s`:\n\n| forwarder | status | offered at best | sent pps | arrived pps (best) | read pps | arrived / go-relay | limit |\n|---|---|---|---|---|---|---|---|\n", g)
+		var relay float64
+		if r, ok := dpbench.Best(s.dpOf(g, "go-relay")); ok {
+			relay = r.ArrivedPPS
+		}
+		for _, f := range s.forwarders() {
+			rs := s.dpOf(g, f)
+			if len(rs) == 0 {
+				continue
+			}
+			r, ok := dpbench.Best(rs)
+			if !ok {
+				w("| %s | %s | - | - | - | - | - | - |\n", f, rs[0].Status)
+				continue
+			}
+			rel := "-"
+			if relay > 0 {
+				rel = f2(r.ArrivedPPS / relay)
+			}
+			limit := "forwarder path: the best rate is below the offered load"
+			if r.Arrived >= r.Sent*95/100 {
+				limit = "generator: the path kept up with the most this generator offered"
+			}
+			w("| %s | ok | %s | %.0f | %.0f | %.0f | %s | %s |\n", f, offered(r.Offered), r.SentPPS, r.ArrivedPPS, r.PPS, rel, limit)
+		}
+		w("\n")
+	}
+	w("Every load of the sweeps (datapath.csv has each one):\n\n| generator | forwarder | offered | sent pps | arrived pps | arrived / sent |\n|---|---|---|---|---|---|\n")
 	for _, r := range s.dp {
-		if r.Forwarder == "go-relay" && r.Status == "ok" {
-			relay = r.PPS
+		if r.Status == "ok" && r.Sent > 0 {
+			w("| %s | %s | %s | %.0f | %.0f | %s |\n", shortGen(r.Generator), r.Forwarder, offered(r.Offered), r.SentPPS, r.ArrivedPPS, f2(float64(r.Arrived)/float64(r.Sent)))
 		}
 	}
-	for _, r := range s.dp {
-		rel := "-"
-		if relay > 0 && r.Status == "ok" {
-			rel = f2(r.PPS / relay)
-		}
-		w("| %s | %s | %.0f | %.0f | %s |\n", r.Forwarder, r.Status, r.SentPPS, r.PPS, rel)
-	}
-	w("\nThe blaster, the forwarder and the sink share the machine's %d cores, so these are relative numbers for this machine. Where received is close to sent, the generator, not the forwarder, was the limit: the case shows that the forwarder kept up with it, not its maximum rate.\n\n", s.mach.NProc)
+	w("\nThe generator, the router, the forwarder and the sink share the machine's %d cores (softirq and user time), so these are relative numbers for this machine. Limit: where arrived is at least 95%% of sent, the generator was the limit and the case shows only that the forwarder kept up; otherwise the offered load exceeded what the path (router + forwarder + node B) delivered, and the arrived rate is that path's maximum on this machine.\n\n", s.mach.NProc)
 	w("### XDP per-packet cost (prog.Benchmark / BPF_PROG_TEST_RUN)\n\n")
 	if s.xdpBench != "" {
 		w("From `go test -run '^$' -bench BenchmarkXDP ./datapath/` (datapath/bench_test.go: a handful of instances in the maps):\n\n```\n%s\n```\n\n", strings.TrimSpace(s.xdpBench))
@@ -561,4 +600,58 @@ func durList(ds []time.Duration) string {
 		s = append(s, d.String())
 	}
 	return strings.Join(s, " and ")
+}
+
+func offered(r float64) string {
+	if r == dpbench.RateUnpaced {
+		return "unpaced"
+	}
+	return strconv.FormatFloat(r, 'f', 0, 64)
+}
+
+func rateList() string {
+	var out []string
+	for _, r := range dpbench.Rates {
+		out = append(out, strconv.FormatFloat(r/1000, 'f', 0, 64)+"k")
+	}
+	return strings.Join(out, ", ")
+}
+
+// forwarders returns the forwarder names of the datapath results in first-seen order.
+func (s *summary) forwarders() []string {
+	var out []string
+	for _, r := range s.dp {
+		if !slices.Contains(out, r.Forwarder) {
+			out = append(out, r.Forwarder)
+		}
+	}
+	return out
+}
+
+// generators returns the generator names of the datapath results in first-seen order.
+func (s *summary) generators() []string {
+	var out []string
+	for _, r := range s.dp {
+		if !slices.Contains(out, r.Generator) {
+			out = append(out, r.Generator)
+		}
+	}
+	return out
+}
+
+func shortGen(g string) string {
+	if strings.HasPrefix(g, dpbench.GenSendmmsg) {
+		return dpbench.GenSendmmsg
+	}
+	return g
+}
+
+func (s *summary) dpOf(g, f string) []dpbench.Result {
+	var out []dpbench.Result
+	for _, r := range s.dp {
+		if r.Forwarder == f && r.Generator == g {
+			out = append(out, r)
+		}
+	}
+	return out
 }

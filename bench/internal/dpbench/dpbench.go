@@ -55,7 +55,17 @@ type Setup struct {
 	DCID         []byte
 	SinkInstance connid.InstanceID
 	CID          connid.Config
+	// GenNote says why the generator is not the live-frame one ("" when it is).
+	GenNote string
+
+	gen generator
 }
+
+// Generator names the traffic generator of every case.
+func (s *Setup) Generator() string { return s.gen.name() }
+
+// Close removes the generator (its XDP programs).
+func (s *Setup) Close() { s.gen.close() }
 
 // Forwarder installs one way of forwarding Public -> Sink on node A (and B) and removes it.
 type Forwarder interface {
@@ -68,17 +78,23 @@ type Forwarder interface {
 
 // Result is one case.
 type Result struct {
-	Forwarder string
-	Duration  time.Duration
-	Sent      uint64
-	Received  uint64
-	// SentPPS and PPS are packets per second sent by the blaster and received at the sink.
-	SentPPS, PPS float64
-	Status       string // "ok", "error: ...", "not run: ..."
+	Forwarder, Generator string
+	// Duration is the measured sending time.
+	Duration time.Duration
+	// Sent is what the generator handed to the network; Arrived what the pod's eth0 received
+	// (its rx_packets counter: the forwarder's output); Received what the sink socket read.
+	Sent, Arrived, Received uint64
+	// Offered is the requested load in packets per second (RateUnpaced: as fast as the
+	// generator goes).
+	Offered float64
+	// SentPPS, ArrivedPPS and PPS are the same per second of Duration.
+	SentPPS, ArrivedPPS, PPS float64
+	Status                   string // "ok", "error: ...", "not run: ..."
 }
 
-// NewSetup prepares the shared addresses and DCID.
-func NewSetup(tb *netns.Testbed) (*Setup, error) {
+// NewSetup prepares the shared addresses, the DCID and the generator: GenXDPLive (falls back to
+// GenSendmmsg when the kernel refuses it) or GenSendmmsg.
+func NewSetup(tb *netns.Testbed, gen string) (*Setup, error) {
 	cfg := connid.DefaultConfig(2, 5)
 	codec, err := connid.NewCodec(cfg)
 	if err != nil {
@@ -98,20 +114,35 @@ func NewSetup(tb *netns.Testbed) (*Setup, error) {
 	if err := nsutil.Sysctl(tb.Nodes[0].NS, "net.ipv4.ip_forward", "1"); err != nil {
 		return nil, err
 	}
-	return &Setup{
+	s := &Setup{
 		TB:     tb,
 		Public: netip.AddrPortFrom(tb.Nodes[0].IPv4, PublicPort),
 		Sink:   netip.AddrPortFrom(tb.Nodes[1].Pods[0].IPv4, SinkPort),
 		DCID:   dcid, SinkInstance: inst, CID: cfg,
-	}, nil
+	}
+	if gen == GenSendmmsg {
+		s.gen = mmsgGen{}
+	} else {
+		s.gen, s.GenNote = newGenerator(s)
+	}
+	return s, nil
 }
 
-// Measure runs one case for d: it starts the sink, the forwarder and the blaster, and counts.
-func Measure(ctx context.Context, s *Setup, f Forwarder, d time.Duration) Result {
-	res := Result{Forwarder: f.Name(), Duration: d}
+// Rates are the offered loads (packets per second) of a sweep: each case is measured at every
+// rate in turn, up to the first two rates at which less than 90% of the offered load arrived,
+// and at RateUnpaced (the generator as fast as it goes) at the end.
+var Rates = []float64{50e3, 100e3, 200e3, 400e3, 800e3, 1.6e6, 3.2e6}
+
+// RateUnpaced asks the generator for its full speed.
+const RateUnpaced = 0
+
+// Measure runs one case: it starts the sink and the forwarder once, then offers each load of
+// Rates for d and records one Result per load (Result.Offered).
+func Measure(ctx context.Context, s *Setup, f Forwarder, d time.Duration) []Result {
+	base := Result{Forwarder: f.Name(), Generator: s.gen.name(), Duration: d}
+	fail := func(status string) []Result { base.Status = status; return []Result{base} }
 	if err := f.Ready(); err != nil {
-		res.Status = "not run: " + err.Error()
-		return res
+		return fail("not run: " + err.Error())
 	}
 	var sinkConn *net.UDPConn
 	err := nsutil.Do(s.TB.Nodes[1].Pods[0].NetNS, func() (err error) {
@@ -122,14 +153,12 @@ func Measure(ctx context.Context, s *Setup, f Forwarder, d time.Duration) Result
 		return err
 	})
 	if err != nil {
-		res.Status = "error: sink: " + err.Error()
-		return res
+		return fail("error: sink: " + err.Error())
 	}
 	defer sinkConn.Close()
 	stop, err := f.Start(s)
 	if err != nil {
-		res.Status = "error: " + err.Error()
-		return res
+		return fail("error: " + err.Error())
 	}
 	defer stop()
 
@@ -139,91 +168,94 @@ func Measure(ctx context.Context, s *Setup, f Forwarder, d time.Duration) Result
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		received.Store(drain(sinkConn, sinkDone))
+		drain(sinkConn, sinkDone, &received)
+	}()
+	defer func() {
+		close(sinkDone)
+		sinkConn.SetReadDeadline(time.Now())
+		wg.Wait()
 	}()
 	// Let the forwarder settle (nft rules, relay sockets) before the clock starts.
 	time.Sleep(50 * time.Millisecond)
-	sent, err := blast(ctx, s, d)
-	// Packets in flight: give the path 200 ms to deliver them, then stop counting.
-	time.Sleep(200 * time.Millisecond)
-	close(sinkDone)
-	sinkConn.SetReadDeadline(time.Now())
-	wg.Wait()
-	if err != nil {
-		res.Status = "error: blaster: " + err.Error()
-		return res
+	var out []Result
+	short := 0
+	for _, rate := range append(append([]float64(nil), Rates...), RateUnpaced) {
+		if short >= 2 && rate != RateUnpaced {
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		res := base
+		res.Offered = rate
+		rx0, rxErr := s.podRx()
+		got0 := received.Load()
+		t0 := time.Now()
+		sent, err := s.gen.blast(ctx, s, d, rate)
+		res.Duration = time.Since(t0)
+		// Packets in flight: give the path 200 ms to deliver them, then read the counters.
+		time.Sleep(200 * time.Millisecond)
+		rx1, rxErr1 := s.podRx()
+		switch {
+		case err != nil:
+			res.Status = "error: generator: " + err.Error()
+		case rxErr != nil || rxErr1 != nil:
+			res.Status = "error: pod rx counter: " + errors.Join(rxErr, rxErr1).Error()
+		default:
+			res.Sent, res.Received, res.Arrived = sent, received.Load()-got0, rx1-rx0
+			res.SentPPS = float64(sent) / res.Duration.Seconds()
+			res.ArrivedPPS = float64(res.Arrived) / res.Duration.Seconds()
+			res.PPS = float64(res.Received) / res.Duration.Seconds()
+			res.Status = "ok"
+			if res.Arrived == 0 {
+				res.Status = "error: nothing arrived in the pod"
+			}
+		}
+		if res.Arrived < res.Sent*9/10 {
+			short++
+		}
+		out = append(out, res)
 	}
-	res.Sent, res.Received = sent, received.Load()
-	res.SentPPS = float64(sent) / d.Seconds()
-	res.PPS = float64(res.Received) / d.Seconds()
-	res.Status = "ok"
-	if res.Received == 0 {
-		res.Status = "error: nothing arrived at the sink"
-	}
-	return res
+	return out
 }
 
-// drain counts datagrams on c until done is closed (the caller also sets a past read deadline).
-func drain(c *net.UDPConn, done chan struct{}) uint64 {
+// Best returns the result with the highest arrived rate among the ok ones (false if none).
+func Best(rs []Result) (Result, bool) {
+	var best Result
+	ok := false
+	for _, r := range rs {
+		if r.Status == "ok" && (!ok || r.ArrivedPPS > best.ArrivedPPS) {
+			best, ok = r, true
+		}
+	}
+	return best, ok
+}
+
+// drain counts datagrams on c into n until done is closed (the caller also sets a past read
+// deadline).
+func drain(c *net.UDPConn, done chan struct{}, n *atomic.Uint64) {
 	pc := ipv4.NewPacketConn(c)
 	msgs := make([]ipv4.Message, Batch)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, 2048)}
 	}
-	var n uint64
 	for {
 		select {
 		case <-done:
-			return n
+			return
 		default:
 		}
 		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		k, err := pc.ReadBatch(msgs, 0)
-		n += uint64(max(k, 0))
+		n.Add(uint64(max(k, 0)))
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return n
+			return
 		}
 	}
-}
-
-// blast sends packets in batches from client 0 to s.Public for d and returns how many it sent.
-func blast(ctx context.Context, s *Setup, d time.Duration) (uint64, error) {
-	var c *net.UDPConn
-	cl := s.TB.Clients[0]
-	err := nsutil.Do(cl.NS, func() (err error) {
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(s.Public))
-		if err == nil {
-			err = c.SetWriteBuffer(4 << 20)
-		}
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	pkt := connid.AppendShortHeaderPacket(nil, s.DCID, make([]byte, PayloadLen-1-len(s.DCID)))
-	pc := ipv4.NewPacketConn(c)
-	msgs := make([]ipv4.Message, Batch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{pkt}
-	}
-	var sent uint64
-	end := time.Now().Add(d)
-	for time.Now().Before(end) && ctx.Err() == nil {
-		k, err := pc.WriteBatch(msgs, 0)
-		sent += uint64(max(k, 0))
-		if err != nil && !isNoBuf(err) {
-			// ECONNREFUSED from a previous ICMP port unreachable: keep going.
-			if !strings.Contains(err.Error(), "refused") {
-				return sent, err
-			}
-		}
-	}
-	return sent, nil
 }
 
 func isNoBuf(err error) bool { return strings.Contains(err.Error(), "no buffer space") }
@@ -329,4 +361,22 @@ func (NFTDNAT) Start(s *Setup) (func(), error) {
 	return func() {
 		_ = exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "stdrbench").Run()
 	}, nil
+}
+
+// podRx returns the rx_packets counter of eth0 in the sink's pod.
+func (s *Setup) podRx() (uint64, error) {
+	p := s.TB.Nodes[1].Pods[0]
+	h, err := nsutil.Handle(p.NetNS)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Delete()
+	l, err := h.LinkByIndex(p.PodIndex)
+	if err != nil {
+		return 0, err
+	}
+	if st := l.Attrs().Statistics; st != nil {
+		return st.RxPackets, nil
+	}
+	return 0, fmt.Errorf("no statistics on %s", l.Attrs().Name)
 }
