@@ -29,6 +29,8 @@ ts=$(date -u +%Y%m%dT%H%M%SZ)
 out=bench/out/$ts
 mkdir -p "$out" bin
 CGO_ENABLED=0 go build -o bin/kvsvc ./bench/cmd/kvsvc
+# The steerd matrix runs the real binaries (as make build makes them: static, for the container).
+CGO_ENABLED=0 go build -o bin/ ./cmd/steerd ./cmd/steerctl ./examples/kvservice
 go build -o bin/steerbench ./bench/cmd/steerbench
 # XDP per-packet cost from the datapath package's own benchmark (BPF_PROG_TEST_RUN), bounded.
 if ls datapath/*_test.go >/dev/null 2>&1; then

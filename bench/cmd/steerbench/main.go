@@ -58,7 +58,7 @@ func main() {
 	flag.DurationVar(&o.matrixBudget, "matrix-budget", 12*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
 	flag.StringVar(&o.gen, "gen", dpbench.GenSendmmsg+","+dpbench.GenXDPLive, "datapath traffic generators, comma-separated: "+dpbench.GenSendmmsg+", "+dpbench.GenXDPLive+" (each runs every forwarder)")
-	flag.DurationVar(&o.dpDur, "dp-duration", 3*time.Second, "duration of each datapath case")
+	flag.DurationVar(&o.dpDur, "dp-duration", time.Second, "duration of each offered load of a datapath sweep")
 	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline")
 	flag.StringVar(&sizes, "sizes", "0,10,50,100", "container ballast sizes in MiB")
 	flag.IntVar(&o.maxRuns, "runs", 10, "runs per baseline cell (fewer when the budget is short)")
@@ -458,10 +458,11 @@ func (s *summary) markdown() string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# steerd benchmarks\n\nRun started %s, took %s (budget %s).\n\n", s.started.UTC().Format(time.RFC3339), s.elapsed.Round(time.Second), s.o.budget)
 	w("## Machine\n\n%s\n", s.mach.Markdown())
+	w("%s", s.headline())
 	w("## Method\n\n")
 	w("- Testbed: tests/netns, 1 client, 2 edge nodes, 1 pod per node (addresses in docs/architecture.md); the service moves from pod 0 of node 0 (198.19.0.1) to pod 0 of node 1 (198.19.1.1).\n")
-	w("- Service: bench/cmd/kvsvc, a counter (INC -> value) over TLS 1.3, in a runc container in the pod namespace, with a ballast of 0/10/50/100 MiB of dirtied memory.\n")
-	w("- Client: one long-lived connection, one request every %s (bounded count and time); gap = largest interval between successive responses after the move started; state kept = the counter never went backwards.\n", s.o.interval)
+	w("- Service logic: examples/kv (Store and line protocol, `INCR <key> <seq>` -> `<key> <value> <seq>`, memory ballast kv.Ballast of 0/10/50/100 MiB with one written word per 4 KiB page) in a runc container in the pod namespace: over TLS 1.3 on TCP/MPTCP in bench/cmd/kvsvc for the baselines, over QUIC in examples/kvservice for steerd.\n")
+	w("- Client: one long-lived connection, one INCR every %s (bounded count and time; bench/internal/pace for TCP/MPTCP, examples/loadclient/load for QUIC, same pacing); gap = largest interval between successive responses; state kept = the value never went backwards (QUIC: every response exactly the previous value + 1, nothing lost).\n", s.o.interval)
 	w("- Freeze (baselines): service downtime from the start of `runc checkpoint` (or SIGTERM) to the end of `runc restore` (or `runc run`) on node 1; ratio = gap / freeze per run.\n")
 	w("- TCP+DNS: authoritative DNS server (miekg/dns) in the router namespace for %s, TTL %s (an operator's short TTLs); the client's stub cache honours the TTL; the orchestrator moves the container with `runc checkpoint`/`runc restore` (CRIU, `tcp-close`: the listener is restored, established connections are not) and then rewrites the A record; the client detects the broken connection, re-resolves, reconnects (TLS resumption), resumes. The move starts after 0.5 s plus a uniform random part of the TTL (random age of the cached record).\n", baseline.Zone, durList(s.o.ttls))
 	w("- MPTCP: the same over MPTCP (Go SetMultipathTCP on both ends, `ip mptcp limits set subflow 2 add_addr_accepted 2` in the client and both pods), DNS TTL %s.\n", s.o.ttls[0])
@@ -563,34 +564,72 @@ func (s *summary) markdown() string {
 		w("| %s | not run | | | | | |\n", e)
 	}
 	w("\n")
-	w("\n## steerd migration matrix\n\nMigrator: steerd. Plan: %s.\n\n", s.plan.Note)
+	w("\n## steerd migration matrix\n\n")
+	w("Method: bench/internal/matrix.Steerd drives steerd through its public interfaces as `steerd demo` does (daemon/demo.Cluster): a netns testbed of its own (1 client, router with xdp_pass toward the nodes, 2 nodes), bin/steerd on both nodes (XDP datapath on the uplink, runc+CRIU engine, quicext control endpoint), `steerctl run kv` starts examples/kvservice with `-ballast-mb <size>` on n0; per run a QUIC load client (examples/loadclient/load, 1 connection, one INCR every 10 ms) connects to the public address of the node the service is on, and after 0.3 s the control API (api.Client.Migrate, drain 0.5 s, wait) moves the service to the other node with the cell's strategy and technique; the client runs 0.3 s more. Gap = the load report's largest gap between responses; freeze = the daemon's migration report (api.Migration.Downtime: start of the checkpoint to the end of the restore). One cluster serves every run of a size; the service alternates n0 -> n1 -> n0.\n\n")
+	w("Plan: %s.\n\n", s.plan.Note)
 	sums := matrix.Summarize(s.matrix)
-	reasons := map[string]int{}
-	for _, c := range sums {
-		if c.Status != "ok" {
-			reasons[c.Status]++
-		}
+	type nr struct {
+		reason string
+		cells  []string
 	}
-	for r, n := range reasons {
-		w("- %d of %d cells: %s\n", n, len(sums), r)
-	}
-	w("\n| strategy | technique | size MB | XDP | runs | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | vs TCP+DNS %s | status |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
+	var notRun []*nr
 	for _, c := range sums {
-		vs := "-"
-		if c.Runs > 0 && tcp1[c.BallastMB] > 0 {
-			vs = f2(c.Gap.Median/tcp1[c.BallastMB]) + " of TCP+DNS"
+		if c.Runs > 0 || strings.HasPrefix(c.Status, "error") {
+			continue
 		}
-		st := c.Status
-		if st != "ok" {
-			st = "not run (see above)"
-			if strings.HasPrefix(c.Status, "error") {
-				st = c.Status
+		var g *nr
+		for _, x := range notRun {
+			if x.reason == c.Status {
+				g = x
 			}
 		}
-		w("| %s | %s | %d | %v | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs,
-			f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), vs, st)
+		if g == nil {
+			g = &nr{reason: c.Status}
+			notRun = append(notRun, g)
+		}
+		g.cells = append(g.cells, c.Cell.String())
 	}
-	w("\n## Files\n\n- baselines.csv, datapath.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png (matrix_gap.png once the matrix runs)\n")
+	ran := 0
+	for _, c := range sums {
+		if c.Runs > 0 || strings.HasPrefix(c.Status, "error") {
+			ran++
+		}
+	}
+	w("%d of %d cells ran. ", ran, len(sums))
+	if len(notRun) > 0 {
+		w("Cells that did not run, by reason:\n\n| cells | reason |\n|---|---|\n")
+		for _, g := range notRun {
+			w("| %d (e.g. %s) | %s |\n", len(g.cells), g.cells[0], strings.ReplaceAll(g.reason, "|", "/"))
+		}
+	}
+	w("\n| strategy | technique | size MB | XDP | runs | errors | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | vs TCP+DNS %s (median gap) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
+	for _, size := range s.o.sizes {
+		for _, c := range sums {
+			if c.BallastMB != size || (c.Runs == 0 && !strings.HasPrefix(c.Status, "error")) {
+				continue
+			}
+			vs := "-"
+			if c.Runs > 0 && tcp1[c.BallastMB] > 0 {
+				vs = f2(c.Gap.Median / tcp1[c.BallastMB])
+			}
+			w("| %s | %s | %d | %v | %d | %d | %s | %s | %s | %s | %s | %d/%d | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs, c.Errs,
+				f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), c.StateKept, c.Runs, vs)
+		}
+	}
+	errs := 0
+	for _, r := range s.matrix {
+		if strings.HasPrefix(r.Status, "error") {
+			if errs < 10 {
+				w("\n- error in %s run %d: %s", r.Cell, r.Run, r.Status)
+			}
+			errs++
+		}
+	}
+	if errs > 10 {
+		w("\n- ... %d errors in all (matrix.csv)", errs)
+	}
+	w("\n")
+	w("\n## Files\n\n- baselines.csv, datapath.csv (one row per offered load), xdp_cost.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png, matrix_gap.png\n- run.log (the whole run), xdp_bench.txt (BenchmarkXDP output)\n")
 	return b.String()
 }
 
@@ -654,4 +693,56 @@ func (s *summary) dpOf(g, f string) []dpbench.Result {
 		}
 	}
 	return out
+}
+
+// headline is the summary's first section: the median client gap of each steerd strategy (XDP
+// on, cold) relative to TCP+DNS (first TTL) and to the no-move floor, per size.
+func (s *summary) headline() string {
+	var b strings.Builder
+	tcp := map[int]float64{}
+	floor := 0.0
+	for _, c := range s.bl {
+		cs := c.stats()
+		if cs.n == 0 {
+			continue
+		}
+		if c.kind == baseline.KindTCPDNS && c.ttl == s.o.ttls[0] {
+			tcp[c.size] = cs.gap.Median
+		}
+		if c.kind == baseline.KindNone {
+			floor = cs.gap.Median
+		}
+	}
+	sums := matrix.Summarize(s.matrix)
+	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd (QUIC server migration + XDP datapath, cold CRIU), as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing); no-move floor %s ms.\n\n", s.o.ttls[0], f1(floor))
+	n := 0
+	for _, size := range s.o.sizes {
+		for _, c := range sums {
+			if c.BallastMB != size || c.Runs == 0 || !c.XDP {
+				continue
+			}
+			vs := "TCP+DNS not measured"
+			if tcp[size] > 0 {
+				vs = f2(c.Gap.Median/tcp[size]) + " of TCP+DNS (" + f1(tcp[size]) + " ms)"
+			}
+			fmt.Fprintf(&b, "- QUIC %s + XDP, %s, %d MB: gap %s ms = %s; freeze %s ms, gap/freeze %s (%d runs)\n",
+				strategyTitle(c.Strategy), c.Technique, size, f1(c.Gap.Median), vs, f1(c.Freeze.Median), f2(c.Ratio.Median), c.Runs)
+			n++
+		}
+	}
+	if n == 0 {
+		b.WriteString("- no steerd cell ran (see the matrix section)\n")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func strategyTitle(s string) string {
+	parts := strings.Split(s, "-")
+	for i, p := range parts {
+		if p != "" {
+			parts[i] = strings.ToUpper(p[:1]) + p[1:]
+		}
+	}
+	return strings.Join(parts, "-")
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +86,28 @@ func TestRunnerNotReadyAndSummary(t *testing.T) {
 		if !strings.HasPrefix(s.Status, "not run: not ready: no engine") || s.Runs != 0 {
 			t.Errorf("not-ready cell %s: %+v", s.Cell, s)
 		}
+	}
+}
+
+// TestSteerdReady checks the reasons a steerd cell does not run: missing binaries, XDP off.
+func TestSteerdReady(t *testing.T) {
+	dir := t.TempDir()
+	s := &Steerd{Bin: dir}
+	c := Cell{Strategy: "symmetric", Technique: "cold", XDP: true}
+	if err := s.Ready(c); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "steerd") {
+		t.Errorf("Ready without binaries: %v, want ErrNotReady naming steerd", err)
+	}
+	for _, b := range []string{"steerd", "steerctl", "kvservice"} {
+		if err := os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.XDP = false
+	if err := s.Ready(c); !errors.Is(err, ErrNoXDPOff) {
+		t.Errorf("Ready with XDP off: %v, want ErrNoXDPOff", err)
+	}
+	c.XDP, c.Technique = true, "lukewarm"
+	if err := s.Ready(c); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "lukewarm") {
+		t.Errorf("Ready with an unknown technique: %v", err)
 	}
 }
