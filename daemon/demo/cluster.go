@@ -49,6 +49,9 @@ type ClusterOptions struct {
 	// ExtraServices are defined on both nodes besides Service (Bundle defaults to the kvservice
 	// bundle; give Args to make the container listen on the service's own pod address and port).
 	ExtraServices []daemon.ServiceDef
+	// Pool makes kvservice announce both nodes' public addresses as its address pool (the Pool
+	// strategy). Clients that negotiate Pool probe the pool whenever the server is silent.
+	Pool bool
 	// NoDatapath runs the nodes without XDP (control plane only).
 	NoDatapath bool
 	// WorkDir holds configs, certificates, bundle, node state and logs [a temporary directory].
@@ -177,8 +180,10 @@ func (c *Cluster) writeBundle() (string, error) {
 	}
 	args := []string{"/kvservice",
 		"-listen", netip.AddrPortFrom(Pod4, Port).String(), "-listen", netip.AddrPortFrom(Pod6, Port).String(),
-		"-instance", fmt.Sprint(Instance), "-sid-len", "2", "-cid-len", "11",
-		"-pool", strings.Join(pool, ","), "-log-file", "/tmp/kvservice.log"}
+		"-instance", fmt.Sprint(Instance), "-sid-len", "2", "-cid-len", "11", "-log-file", "/tmp/kvservice.log"}
+	if c.o.Pool {
+		args = append(args, "-pool", strings.Join(pool, ","))
+	}
 	args = append(args, c.o.KVArgs...)
 	spec := map[string]any{
 		"ociVersion": "1.0.2",
@@ -378,15 +383,16 @@ type Load struct {
 }
 
 // StartLoad starts conns QUIC connections from the client namespace to addr, one INCR every
-// 10 ms each. It returns once every connection completed its handshake.
-func (c *Cluster) StartLoad(ctx context.Context, addr netip.AddrPort, conns int) (*Load, error) {
+// 10 ms each, offering every quicext strategy unless strategies is set. It returns once every
+// connection completed its handshake.
+func (c *Cluster) StartLoad(ctx context.Context, addr netip.AddrPort, conns int, strategies quicext.Strategy) (*Load, error) {
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	l := &Load{cancel: cancel, done: make(chan struct{})}
 	connected := make(chan struct{}, conns)
 	o := load.Options{
 		Addr: addr.String(), Conns: conns, Interval: 10 * time.Millisecond, Drain: 3 * time.Second,
 		TLS:    &tls.Config{ServerName: service.DefaultServerName, InsecureSkipVerify: true},
-		Client: quicext.ClientOptions{},
+		Client: quicext.ClientOptions{Strategies: strategies},
 		OnEvent: func(e load.Event) {
 			if e.Ev == "connected" {
 				connected <- struct{}{}

@@ -115,7 +115,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	addr := c.Public(0)
 	say("load client in %s: %d QUIC connections to n0's public address %s, one INCR per 10 ms each", c.TB.Clients[0].NS, o.Conns, addr)
-	ld, err := c.StartLoad(ctx, addr, o.Conns)
+	ld, err := c.StartLoad(ctx, addr, o.Conns, 0)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
