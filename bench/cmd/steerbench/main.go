@@ -55,7 +55,7 @@ func main() {
 	flag.StringVar(&o.repo, "repo", ".", "checkout root")
 	flag.StringVar(&o.xdpBench, "xdp-bench", "", "file with `go test -bench BenchmarkXDP ./datapath` output to include")
 	flag.DurationVar(&o.budget, "budget", 27*time.Minute, "time budget of the whole run")
-	flag.DurationVar(&o.matrixBudget, "matrix-budget", 12*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
+	flag.DurationVar(&o.matrixBudget, "matrix-budget", 14*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
 	flag.StringVar(&o.gen, "gen", dpbench.GenSendmmsg+","+dpbench.GenXDPLive, "datapath traffic generators, comma-separated: "+dpbench.GenSendmmsg+", "+dpbench.GenXDPLive+" (each runs every forwarder)")
 	flag.DurationVar(&o.dpDur, "dp-duration", time.Second, "duration of each offered load of a datapath sweep")
@@ -341,9 +341,9 @@ func (s *summary) write() error {
 	rows = nil
 	for _, r := range s.matrix {
 		rows = append(rows, []string{r.Migrator, r.Strategy, r.Technique, strconv.Itoa(r.BallastMB), strconv.FormatBool(r.XDP), strconv.Itoa(r.Run), r.Status,
-			ms(r.ClientGap), ms(r.Freeze), strconv.FormatBool(r.StateKept), r.Notes})
+			ms(r.ClientGap), ms(r.Freeze), strconv.FormatBool(r.StateKept), strconv.Itoa(r.Lost), r.Notes})
 	}
-	if err := report.WriteCSV(filepath.Join(out, "matrix.csv"), []string{"migrator", "strategy", "technique", "ballast_mb", "xdp", "run", "status", "client_gap_ms", "freeze_ms", "state_kept", "notes"}, rows); err != nil {
+	if err := report.WriteCSV(filepath.Join(out, "matrix.csv"), []string{"migrator", "strategy", "technique", "ballast_mb", "xdp", "run", "status", "client_gap_ms", "freeze_ms", "state_kept", "lost", "notes"}, rows); err != nil {
 		return err
 	}
 	if err := s.plots(); err != nil {
@@ -462,7 +462,7 @@ func (s *summary) markdown() string {
 	w("## Method\n\n")
 	w("- Testbed: tests/netns, 1 client, 2 edge nodes, 1 pod per node (addresses in docs/architecture.md); the service moves from pod 0 of node 0 (198.19.0.1) to pod 0 of node 1 (198.19.1.1).\n")
 	w("- Service logic: examples/kv (Store and line protocol, `INCR <key> <seq>` -> `<key> <value> <seq>`, memory ballast kv.Ballast of 0/10/50/100 MiB with one written word per 4 KiB page) in a runc container in the pod namespace: over TLS 1.3 on TCP/MPTCP in bench/cmd/kvsvc for the baselines, over QUIC in examples/kvservice for steerd.\n")
-	w("- Client: one long-lived connection, one INCR every %s (bounded count and time; bench/internal/pace for TCP/MPTCP, examples/loadclient/load for QUIC, same pacing); gap = largest interval between successive responses; state kept = the value never went backwards (QUIC: every response exactly the previous value + 1, nothing lost).\n", s.o.interval)
+	w("- Client: one long-lived connection, one INCR every %s (bounded count and time; bench/internal/pace for TCP/MPTCP, examples/loadclient/load for QUIC, same pacing); gap = largest interval between successive responses; state kept = the value never went backwards (QUIC: every response exactly the previous value + 1; requests never answered are counted as lost, separately).\n", s.o.interval)
 	w("- Freeze (baselines): service downtime from the start of `runc checkpoint` (or SIGTERM) to the end of `runc restore` (or `runc run`) on node 1; ratio = gap / freeze per run.\n")
 	w("- TCP+DNS: authoritative DNS server (miekg/dns) in the router namespace for %s, TTL %s (an operator's short TTLs); the client's stub cache honours the TTL; the orchestrator moves the container with `runc checkpoint`/`runc restore` (CRIU, `tcp-close`: the listener is restored, established connections are not) and then rewrites the A record; the client detects the broken connection, re-resolves, reconnects (TLS resumption), resumes. The move starts after 0.5 s plus a uniform random part of the TTL (random age of the cached record).\n", baseline.Zone, durList(s.o.ttls))
 	w("- MPTCP: the same over MPTCP (Go SetMultipathTCP on both ends, `ip mptcp limits set subflow 2 add_addr_accepted 2` in the client and both pods), DNS TTL %s.\n", s.o.ttls[0])
@@ -565,7 +565,7 @@ func (s *summary) markdown() string {
 	}
 	w("\n")
 	w("\n## steerd migration matrix\n\n")
-	w("Method: bench/internal/matrix.Steerd drives steerd through its public interfaces as `steerd demo` does (daemon/demo.Cluster): a netns testbed of its own (1 client, router with xdp_pass toward the nodes, 2 nodes), bin/steerd on both nodes (XDP datapath on the uplink, runc+CRIU engine, quicext control endpoint), `steerctl run kv` starts examples/kvservice with `-ballast-mb <size>` on n0; per run a QUIC load client (examples/loadclient/load, 1 connection, one INCR every 10 ms) connects to the public address of the node the service is on, and after 0.3 s the control API (api.Client.Migrate, drain 0.5 s, wait) moves the service to the other node with the cell's strategy and technique; the client runs 0.3 s more. Gap = the load report's largest gap between responses; freeze = the daemon's migration report (api.Migration.Downtime: start of the checkpoint to the end of the restore). One cluster serves every run of a size; the service alternates n0 -> n1 -> n0.\n\n")
+	w("Method: bench/internal/matrix.Steerd drives steerd through its public interfaces as `steerd demo` does (daemon/demo.Cluster): a netns testbed of its own (1 client, router with xdp_pass toward the nodes, 2 nodes), bin/steerd on both nodes (XDP datapath on the uplink, runc+CRIU engine, quicext control endpoint), `steerctl run kv` starts examples/kvservice with `-ballast-mb <size>` on n0; per run a QUIC load client (examples/loadclient/load via demo.Cluster.StartLoad, 1 connection, one INCR every 10 ms, offering only the cell's strategy) connects to the public address of the node the service is on, and after 1.5 s (the warm-up tests/netns/e2e found a Symmetric client needs) the control API (api.Client.Migrate, drain 0.3 s, drain timeout 10 s, wait) moves the service to the other node with the cell's strategy and technique; the client runs 0.3 s more. Gap = the load report's largest gap between responses; freeze = the daemon's migration report (api.Migration.Downtime: start of the checkpoint to the end of the restore). One cluster serves every run of a size; the service alternates n0 -> n1 -> n0.\n\n")
 	w("Plan: %s.\n\n", s.plan.Note)
 	sums := matrix.Summarize(s.matrix)
 	type nr struct {
@@ -602,7 +602,7 @@ func (s *summary) markdown() string {
 			w("| %d (e.g. %s) | %s |\n", len(g.cells), g.cells[0], strings.ReplaceAll(g.reason, "|", "/"))
 		}
 	}
-	w("\n| strategy | technique | size MB | XDP | runs | errors | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | vs TCP+DNS %s (median gap) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
+	w("\n| strategy | technique | size MB | XDP | runs | errors | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | lost requests | vs TCP+DNS %s (median gap) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
 	for _, size := range s.o.sizes {
 		for _, c := range sums {
 			if c.BallastMB != size || (c.Runs == 0 && !strings.HasPrefix(c.Status, "error")) {
@@ -612,8 +612,8 @@ func (s *summary) markdown() string {
 			if c.Runs > 0 && tcp1[c.BallastMB] > 0 {
 				vs = f2(c.Gap.Median / tcp1[c.BallastMB])
 			}
-			w("| %s | %s | %d | %v | %d | %d | %s | %s | %s | %s | %s | %d/%d | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs, c.Errs,
-				f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), c.StateKept, c.Runs, vs)
+			w("| %s | %s | %d | %v | %d | %d | %s | %s | %s | %s | %s | %d/%d | %d | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs, c.Errs,
+				f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), c.StateKept, c.Runs, c.Lost, vs)
 		}
 	}
 	errs := 0

@@ -79,8 +79,11 @@ type Sample struct {
 	// ClientGap is the largest interval between successive responses at the client around the
 	// move; Freeze the time the service process was frozen (from the migrate engine's report).
 	ClientGap, Freeze time.Duration
-	// StateKept: the client's counter never went backwards.
+	// StateKept: the client's counter never went backwards (QUIC: every response carried the
+	// previous value + 1).
 	StateKept bool
+	// Lost counts requests the client never got an answer to (load.ConnReport.Lost).
+	Lost int
 	// Notes is free text for the CSV (technique details, image size).
 	Notes string
 }
@@ -147,6 +150,8 @@ type CellSummary struct {
 	Status                string
 	Gap, Freeze, Ratio    stats.Summary // milliseconds; Ratio is gap/freeze per run
 	StateKept, Runs, Errs int
+	// Lost is the sum of Sample.Lost over the ok runs.
+	Lost int
 }
 
 // Runner runs a matrix with one Migrator.
@@ -234,6 +239,7 @@ func Summarize(rows []Row) []CellSummary {
 			if rw.StateKept {
 				out[i].StateKept++
 			}
+			out[i].Lost += rw.Lost
 			gaps[i] = append(gaps[i], stats.Ms(rw.ClientGap))
 			freezes[i] = append(freezes[i], stats.Ms(rw.Freeze))
 			if rw.Freeze > 0 {

@@ -127,6 +127,14 @@ func BarChart(path, title, ylabel, valueName, topName string, bars []Bar) error 
 		p.Legend.Add(topName, bt)
 	}
 	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(40)
+	// Head room above the highest bar for the legend.
+	hi := 0.0
+	for _, b := range bars {
+		hi = max(hi, b.Value, b.Top)
+	}
+	p.Y.Min, p.Y.Max = 0, hi*1.3
 	p.NominalX(names...)
 	p.X.Tick.Label.Rotation = 0.6
 	p.X.Tick.Label.XAlign = -1.0 // right-aligned under the bar when rotated
