@@ -265,9 +265,24 @@ func (e *Engine) writeBundle(c *Container) error {
 }
 
 // discard removes a container's runc state, pod and bundle; errors are logged only.
+//
+// A paused container (the frozen source after a migration) is killed while still frozen and only
+// then thawed, so it never runs again: a thawed source would send packets from the pod address
+// that now lives on another node. runc 1.1 `delete --force` alone leaves a frozen process behind.
 func (e *Engine) discard(ctx context.Context, c *Container) {
+	if st, err := e.state(ctx, c.Spec.ID); err == nil && st.Status == "paused" {
+		if _, err := e.runc(ctx, "kill", c.Spec.ID, "KILL"); err != nil {
+			e.log.Warn("runc kill", "id", c.Spec.ID, "err", err)
+		}
+		if _, err := e.runc(ctx, "resume", c.Spec.ID); err != nil {
+			e.log.Warn("runc resume", "id", c.Spec.ID, "err", err)
+		}
+	}
 	if out, err := e.runc(ctx, "delete", "--force", c.Spec.ID); err != nil && !strings.Contains(out, "not exist") {
 		e.log.Warn("runc delete", "id", c.Spec.ID, "err", err)
+	}
+	if _, err := e.state(ctx, c.Spec.ID); !errors.Is(err, ErrNotFound) {
+		e.log.Warn("container still present after delete", "id", c.Spec.ID, "err", err)
 	}
 	if c.Pod != nil {
 		if err := c.Pod.Delete(); err != nil {

@@ -150,6 +150,7 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	rctx, cancelRecv := context.WithCancel(ctx)
 	defer cancelRecv()
 	recvc := make(chan recvResult, 1)
+	received := false // recvc has been read
 	go func() {
 		n, err := opts.Transport.Receive(rctx, recvDir, nil)
 		recvc <- recvResult{n, err}
@@ -159,7 +160,9 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	bg := context.WithoutCancel(ctx)
 	rollback := func(p Phase, e *Engine, err error) (*Report, error) {
 		cancelRecv()
-		<-recvc
+		if !received {
+			<-recvc
+		}
 		if _, cerr := dst.Container(id); cerr == nil {
 			_ = dst.Delete(bg, id)
 		}
@@ -200,7 +203,7 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	if serr != nil {
 		cancelRecv()
 	}
-	rr = <-recvc
+	rr, received = <-recvc, true
 	rep.Transfer, rep.TransferBytes = time.Since(t), sent
 	if rr.err != nil {
 		return rollback(PhaseTransfer, dst, rr.err)

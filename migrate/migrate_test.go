@@ -88,7 +88,7 @@ func newEnv(tb testing.TB, runc ...string) *env {
 	e := &env{tb: netns.New(tb, netns.Topology{Clients: 1, Nodes: 2})}
 	for i := range e.eng {
 		cfg := Config{
-			Node:      fmt.Sprintf("n%d", i),
+			Node:      fmt.Sprintf("t%s-n%d", e.tb.ID, i),
 			NodeNS:    e.tb.Nodes[i].NS,
 			StateDir:  filepath.Join(tb.TempDir(), "state"),
 			PodPrefix: fmt.Sprintf("%st%s-n%d-p-", pod.NSPrefix, e.tb.ID, i),
@@ -512,7 +512,13 @@ func TestFaultRestoreFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	wrapper := filepath.Join(t.TempDir(), "runc-no-restore")
-	script := "#!/bin/sh\nfor a; do [ \"$a\" = restore ] && { echo 'injected restore failure' >&2; exit 1; }; done\nexec " + runc + " \"$@\"\n"
+	// Like runc, it reports the error in its --log file.
+	script := `#!/bin/sh
+log=/dev/null; prev=
+for a; do [ "$prev" = --log ] && log=$a; prev=$a; done
+for a; do if [ "$a" = restore ]; then echo 'level=error msg="injected restore failure"' >>"$log"; exit 1; fi; done
+exec ` + runc + ` "$@"
+`
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
