@@ -119,7 +119,7 @@ type ClientConn struct {
 	localIP  net.IP
 	tlsDone  chan struct{}
 	quicConf *quic.Config
-	netns    dialNetNS // namespace of Dial's caller: every path's socket is opened there
+	netns    *dialNetNS // namespace of Dial's caller: every path's socket is opened there
 
 	mu         sync.Mutex
 	negotiated Strategy

@@ -163,6 +163,9 @@ func Build(topo Topology) (_ *Testbed, err error) {
 			_ = t.Close()
 		}
 	}()
+	if err := blackholeTestRanges(); err != nil {
+		return nil, fmt.Errorf("build testbed: %w", err)
+	}
 	nsName := func(role string) string { return fmt.Sprintf("%st%s-%s", pod.NSPrefix, t.ID, role) }
 	mk := func(role string) (string, error) {
 		n := nsName(role)
@@ -335,6 +338,25 @@ func (t *Testbed) attachPass(ns, link string) error {
 		return fmt.Errorf("build testbed: attach xdp_pass to %s in %s: %w", link, ns, err)
 	}
 	t.closers = append(t.closers, xl)
+	return nil
+}
+
+// TestRanges are the address ranges of every testbed (RFC 2544 / RFC 5180 benchmarking ranges).
+var TestRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("2001:2::/48")}
+
+// blackholeTestRanges installs blackhole routes for TestRanges in the caller's (root) namespace, so
+// that a socket opened there by mistake can never send testbed traffic out of the machine's real
+// uplink. The routes stay after the testbed ends; they cover only the benchmarking ranges.
+func blackholeTestRanges() error {
+	for _, p := range TestRanges {
+		r := &netlink.Route{Dst: ipnet(p), Type: unix.RTN_BLACKHOLE}
+		if p.Addr().Is6() {
+			r.Family = netlink.FAMILY_V6
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("blackhole route %s in the root namespace: %w", p, err)
+		}
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/steerd/steerd/internal/nsutil"
 	"github.com/steerd/steerd/pod"
@@ -163,5 +164,35 @@ func TestSweepRemovesOrphans(t *testing.T) {
 	}
 	if _, err := nsutil.Open(orphan); err == nil {
 		t.Fatalf("orphan %s still exists", orphan)
+	}
+}
+
+// TestRootBlackhole checks that testbed traffic cannot leave through the root namespace: Build
+// installs blackhole routes for the test ranges there, and sending to a node address from the root
+// namespace fails instead of going out of the machine's uplink.
+func TestRootBlackhole(t *testing.T) {
+	tb := New(t, Topology{Nodes: 1})
+	for _, p := range TestRanges {
+		fam := netlink.FAMILY_V4
+		if p.Addr().Is6() {
+			fam = netlink.FAMILY_V6
+		}
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Dst: ipnet(p)}, netlink.RT_FILTER_DST)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(routes) != 1 || routes[0].Type != unix.RTN_BLACKHOLE {
+			t.Fatalf("root namespace routes for %s: %+v, want one blackhole route", p, routes)
+		}
+	}
+	for _, a := range []netip.Addr{tb.Nodes[0].IPv4, tb.Nodes[0].IPv6} {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 9)))
+		if err == nil {
+			_, err = c.Write([]byte("x"))
+			c.Close()
+		}
+		if err == nil {
+			t.Errorf("a root-namespace socket could send to testbed address %s", a)
+		}
 	}
 }
