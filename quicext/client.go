@@ -575,7 +575,15 @@ func (c *ClientConn) silenceLoop(ctx context.Context) {
 		}
 		c.mu.Lock()
 		neg, st, pc, busy := c.negotiated, c.strategy, c.active, c.migrating
-		explicit, pool := c.explicit, append([]netip.AddrPort(nil), c.pool...)
+		explicit, pool := c.explicit, make([]netip.AddrPort, 0, len(c.pool))
+		for _, a := range c.pool {
+			// The current address is the silent one: probing it validates nothing new, and
+			// behind steerd's datapath it still answers (forwarded), which would "switch" the
+			// client onto the path it is already on.
+			if a != c.server {
+				pool = append(pool, a)
+			}
+		}
 		c.mu.Unlock()
 		if busy || !neg.Has(StrategyExplicitReactive) && !neg.Has(StrategyPool) {
 			continue
