@@ -186,11 +186,21 @@ func (r *Runner) Run(ctx context.Context, cells []Cell) []Row {
 	s, err := r.M.Run(ctx, r.Env, ready[0], 0)
 	perRun := time.Since(start)
 	rows = append(rows, row(r.M.Name(), ready[0], 0, s, err))
+	r.logRun(ready[0], 0, s, err)
+	if err != nil {
+		// A failed calibration run is no estimate of a migration: assume MinPerRun.
+		perRun = max(perRun, MinPerRun)
+	}
 	r.PlanTaken = PlanRuns(ready, r.Budget-perRun, perRun, r.MinRuns, r.MaxRuns)
 	if r.Logf != nil {
 		r.Logf("matrix plan: %s", r.PlanTaken.Note)
 	}
 	deadline := start.Add(r.Budget)
+	consecutive := 0
+	if err != nil {
+		consecutive = 1
+	}
+	var lastErr error = err
 	for i, c := range r.PlanTaken.Run {
 		first := 0
 		if i == 0 {
@@ -201,14 +211,44 @@ func (r *Runner) Run(ctx context.Context, cells []Cell) []Row {
 				rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Run: run, Status: "not run: budget exhausted"})
 				break
 			}
+			if consecutive >= MaxConsecutiveErrors {
+				rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Run: run,
+					Status: fmt.Sprintf("not run: the matrix stopped after %d consecutive errors; last: %v", consecutive, lastErr)})
+				break
+			}
 			s, err := r.M.Run(ctx, r.Env, c, run)
 			rows = append(rows, row(r.M.Name(), c, run, s, err))
+			r.logRun(c, run, s, err)
+			if err != nil {
+				consecutive++
+				lastErr = err
+			} else {
+				consecutive = 0
+			}
 		}
 	}
 	for _, c := range r.PlanTaken.Skipped {
 		rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Status: "not run: over the time budget (" + r.PlanTaken.Note + ")"})
 	}
 	return rows
+}
+
+// MinPerRun is the time of one run the plan assumes when the calibration run failed.
+const MinPerRun = 4 * time.Second
+
+// MaxConsecutiveErrors stops the matrix: after that many failed runs in a row the remaining cells
+// are "not run" with the last error, rather than spending the budget on failures.
+const MaxConsecutiveErrors = 8
+
+func (r *Runner) logRun(c Cell, run int, s Sample, err error) {
+	if r.Logf == nil {
+		return
+	}
+	if err != nil {
+		r.Logf("matrix %s run %d: ERROR %v", c, run, err)
+		return
+	}
+	r.Logf("matrix %s run %d: gap %s freeze %s state kept %v lost %d", c, run, s.ClientGap.Round(time.Millisecond), s.Freeze.Round(time.Millisecond), s.StateKept, s.Lost)
 }
 
 func row(m string, c Cell, run int, s Sample, err error) Row {
