@@ -55,7 +55,7 @@ func main() {
 	flag.StringVar(&o.repo, "repo", ".", "checkout root")
 	flag.StringVar(&o.xdpBench, "xdp-bench", "", "file with `go test -bench BenchmarkXDP ./datapath` output to include")
 	flag.DurationVar(&o.budget, "budget", 27*time.Minute, "time budget of the whole run")
-	flag.DurationVar(&o.matrixBudget, "matrix-budget", 14*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
+	flag.DurationVar(&o.matrixBudget, "matrix-budget", 16*time.Minute, "share of the budget reserved for the steerd matrix when it is runnable")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
 	flag.StringVar(&o.gen, "gen", dpbench.GenSendmmsg+","+dpbench.GenXDPLive, "datapath traffic generators, comma-separated: "+dpbench.GenSendmmsg+", "+dpbench.GenXDPLive+" (each runs every forwarder)")
 	flag.DurationVar(&o.dpDur, "dp-duration", time.Second, "duration of each offered load of a datapath sweep")
