@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Technique is a live-migration technique (CRIU documentation, "Live migration", "Iterative
@@ -64,6 +66,17 @@ type Capabilities struct {
 	// (no CAP_SYS_RESOURCE): the live lazy page server of `runc checkpoint --lazy-pages` fails with
 	// "page-pipe: tee" / "page-pipe: splice" errors on the first page request, for 0 MiB too.
 	SysResource bool
+	// PipeMaxSize is fs.pipe-max-size in bytes; PipeMaxSizeWritable tells whether this process can
+	// raise it (root with a writable /proc/sys). Without CAP_SYS_RESOURCE, CRIU's lazy page server
+	// works once fs.pipe-max-size >= LazyPipeMaxSize (EnsurePipeMaxSize raises it before each
+	// post-copy dump and restore).
+	PipeMaxSize         int64
+	PipeMaxSizeWritable bool
+}
+
+// lazyPipesOK reports whether CRIU's lazy page server can size its pipes here.
+func (c Capabilities) lazyPipesOK() bool {
+	return c.SysResource || c.PipeMaxSize >= LazyPipeMaxSize || c.PipeMaxSizeWritable
 }
 
 // DetectCapabilities runs `criu check --feature` for the features the techniques need. criu is
@@ -78,10 +91,13 @@ func DetectCapabilities(ctx context.Context, criu string) (Capabilities, error) 
 	feature := func(name string) bool {
 		return exec.CommandContext(ctx, criu, "check", "--feature", name).Run() == nil
 	}
+	pms, _ := readPipeMaxSize()
 	return Capabilities{
-		MemDirtyTrack: feature("mem_dirty_track"),
-		UffdNonCoop:   feature("uffd-noncoop"),
-		SysResource:   hasEffectiveCap(24), // CAP_SYS_RESOURCE, linux/capability.h
+		MemDirtyTrack:       feature("mem_dirty_track"),
+		UffdNonCoop:         feature("uffd-noncoop"),
+		SysResource:         hasEffectiveCap(24), // CAP_SYS_RESOURCE, linux/capability.h
+		PipeMaxSize:         pms,
+		PipeMaxSizeWritable: unix.Access(PipeMaxSizePath, unix.W_OK) == nil,
 	}, nil
 }
 
@@ -96,8 +112,9 @@ func (c Capabilities) Supports(t Technique) error {
 		if !c.UffdNonCoop {
 			why = append(why, "lazy pages need non-cooperative userfaultfd (criu check --feature uffd-noncoop fails; needs CONFIG_USERFAULTFD=y and vm.unprivileged_userfaultfd or root)")
 		}
-		if !c.SysResource {
-			why = append(why, "CRIU's lazy page server needs CAP_SYS_RESOURCE to size its page pipes (without it the page server fails with page-pipe tee/splice errors)")
+		if !c.lazyPipesOK() {
+			why = append(why, fmt.Sprintf("CRIU's lazy page server grows its page pipes to %d bytes with F_SETPIPE_SZ, which fails with EPERM above fs.pipe-max-size (%d here) without CAP_SYS_RESOURCE, and %s is read-only for this process (raise it to %d as root, or grant CAP_SYS_RESOURCE)",
+				LazyPipeMaxSize, c.PipeMaxSize, PipeMaxSizePath, LazyPipeMaxSize))
 		}
 	}
 	if t < Cold || t > Hybrid {

@@ -120,6 +120,10 @@ type Engine struct {
 	capsOnce sync.Once
 	caps     Capabilities
 	capsErr  error
+
+	// prepared holds pods created by PreparePod for a restore that has not run yet.
+	prepared map[string]*pod.Pod
+	lazy     lazyState
 }
 
 // NewEngine makes the engine of one node and creates its state directory.
@@ -148,7 +152,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("new engine: %w", err)
 		}
 	}
-	return &Engine{cfg: cfg, log: log.With("node", cfg.Node), ctrs: map[string]*Container{}}, nil
+	e := &Engine{cfg: cfg, log: log.With("node", cfg.Node), ctrs: map[string]*Container{},
+		prepared: map[string]*pod.Pod{}, lazy: lazyState{m: map[string]*lazyDaemon{}}}
+	return e, nil
 }
 
 // Node returns the node name.
@@ -225,9 +231,14 @@ func (e *Engine) prepare(spec ContainerSpec) (_ *Container, err error) {
 	if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "runc", spec.ID)); err == nil {
 		return nil, fmt.Errorf("container %s on %s: %w (runc state)", spec.ID, e.cfg.Node, ErrExists)
 	}
-	p, err := pod.Create(pod.Spec{NetNS: e.PodNS(spec.ID), NodeNS: e.cfg.NodeNS, IPv4: spec.IPv4, IPv6: spec.IPv6})
+	p, err := e.takePrepared(spec)
 	if err != nil {
 		return nil, err
+	}
+	if p == nil {
+		if p, err = pod.Create(pod.Spec{NetNS: e.PodNS(spec.ID), NodeNS: e.cfg.NodeNS, IPv4: spec.IPv4, IPv6: spec.IPv6}); err != nil {
+			return nil, err
+		}
 	}
 	c := &Container{Spec: spec, Pod: p, Bundle: e.bundleDir(spec.ID)}
 	if err := e.writeBundle(c); err != nil {
@@ -247,7 +258,7 @@ func (e *Engine) writeBundle(c *Container) error {
 		}
 	}
 	exe := "/" + filepath.Base(c.Spec.Binary)
-	if err := copyFile(c.Spec.Binary, filepath.Join(root, exe), 0o755); err != nil {
+	if err := linkOrCopy(c.Spec.Binary, filepath.Join(root, exe), 0o755); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
 	}
 	args := append([]string{exe}, c.Spec.Args...)
@@ -301,8 +312,12 @@ func (e *Engine) Delete(ctx context.Context, id string) error {
 	delete(e.ctrs, id)
 	e.mu.Unlock()
 	if !ok {
+		if _, prepared := e.PreparedPod(id); prepared {
+			return e.DiscardPrepared(id)
+		}
 		return fmt.Errorf("delete %s on %s: %w", id, e.cfg.Node, ErrNotFound)
 	}
+	e.stopLazy(id)
 	e.discard(ctx, c)
 	return os.RemoveAll(e.ImageDir(id))
 }
@@ -364,7 +379,7 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, opts CheckpointOptio
 		e.mu.Unlock()
 		e.discard(ctx, c)
 	}
-	b, err := json.Marshal(c.Spec)
+	b, err := jsonSpec(c.Spec)
 	if err != nil {
 		return 0, err
 	}
@@ -373,6 +388,8 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, opts CheckpointOptio
 	}
 	return dirSize(dir)
 }
+
+func jsonSpec(s ContainerSpec) ([]byte, error) { return json.Marshal(s) }
 
 // SpecFile is the file in an image directory that holds the ContainerSpec (JSON).
 const SpecFile = "spec.json"
@@ -391,10 +408,29 @@ func ReadSpec(dir string) (ContainerSpec, error) {
 }
 
 // Restore restores the image in dir (which holds spec.json, see Checkpoint) on this node: it
-// creates the pod namespace with the spec's addresses, writes a bundle whose network namespace is
-// the new pod, and runs runc restore --detach. On error nothing of the container is left behind
-// (runc state, pod namespace and veth, bundle); the image directory stays for the caller.
-func (e *Engine) Restore(ctx context.Context, dir string) (_ *Container, err error) {
+// takes the pod namespace PreparePod made for it (or creates one with the spec's addresses),
+// writes a bundle whose network namespace is that pod, and runs runc restore --detach. On error
+// nothing of the container is left behind (runc state, pod namespace and veth, bundle); the image
+// directory stays for the caller.
+func (e *Engine) Restore(ctx context.Context, dir string) (*Container, error) {
+	return e.restore(ctx, dir, netip.AddrPort{})
+}
+
+// RestoreLazy is Restore for a post-copy image (CheckpointLazy): it starts `criu lazy-pages`,
+// which pulls the lazy pages from pageServer (the source node's page server), then runs runc
+// restore --lazy-pages. It returns once the container runs; its memory arrives on demand and in
+// the background: WaitLazy tells when every page is there. dir must stay until then.
+func (e *Engine) RestoreLazy(ctx context.Context, dir string, pageServer netip.AddrPort) (*Container, error) {
+	if !pageServer.IsValid() {
+		return nil, fmt.Errorf("lazy restore: %w: no page server address", ErrBadSpec)
+	}
+	if err := EnsurePipeMaxSize(); err != nil {
+		return nil, fmt.Errorf("lazy restore: %w", err)
+	}
+	return e.restore(ctx, dir, pageServer)
+}
+
+func (e *Engine) restore(ctx context.Context, dir string, pageServer netip.AddrPort) (_ *Container, err error) {
 	spec, err := ReadSpec(dir)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -405,6 +441,7 @@ func (e *Engine) Restore(ctx context.Context, dir string) (_ *Container, err err
 	}
 	defer func() {
 		if err != nil {
+			e.stopLazy(spec.ID)
 			e.discard(context.WithoutCancel(ctx), c)
 		}
 	}()
@@ -413,8 +450,18 @@ func (e *Engine) Restore(ctx context.Context, dir string) (_ *Container, err err
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", spec.ID, err)
 	}
-	if err := e.runcDetached(ctx, spec.ID, "restore", "--detach", "--image-path", dir, "--work-path", work,
-		"--bundle", c.Bundle, spec.ID); err != nil {
+	args := []string{"restore", "--detach", "--image-path", dir, "--work-path", work, "--bundle", c.Bundle}
+	if pageServer.IsValid() {
+		d, err := e.startLazyDaemon(ctx, dir, work, pageServer)
+		if err != nil {
+			return nil, fmt.Errorf("restore %s: %w", spec.ID, err)
+		}
+		e.lazy.mu.Lock()
+		e.lazy.m[spec.ID] = d
+		e.lazy.mu.Unlock()
+		args = append(args, "--lazy-pages")
+	}
+	if err := e.runcDetached(ctx, spec.ID, append(args, spec.ID)...); err != nil {
 		return nil, fmt.Errorf("restore %s: %w%s", spec.ID, err, criuLogTail(filepath.Join(work, "restore.log"), ""))
 	}
 	if c.PID, err = e.statePID(ctx, spec.ID); err != nil {
@@ -423,19 +470,94 @@ func (e *Engine) Restore(ctx context.Context, dir string) (_ *Container, err err
 	e.mu.Lock()
 	e.ctrs[spec.ID] = c
 	e.mu.Unlock()
-	e.log.Info("container restored", "id", spec.ID, "pid", c.PID)
+	e.log.Info("container restored", "id", spec.ID, "pid", c.PID, "lazy", pageServer.IsValid())
 	return c, nil
 }
 
-// Close deletes every container of the engine (tests; a daemon leaves them running).
+// PreparePod creates the pod network namespace (veth, addresses, routes) of container id with the
+// stable addresses v4 and v6 ahead of its restore, so that the freeze does not include it and the
+// caller can attach its datapath to the pod before the restored service sends its first packet.
+// Restore of id takes the pod; DiscardPrepared (or Delete) removes it if no restore comes.
+func (e *Engine) PreparePod(id string, v4, v6 netip.Addr) (*pod.Pod, error) {
+	spec := ContainerSpec{ID: id, Binary: "/prepared", IPv4: v4, IPv6: v6}
+	if err := spec.validate(); err != nil {
+		return nil, fmt.Errorf("prepare pod: %w", err)
+	}
+	e.mu.Lock()
+	_, running := e.ctrs[id]
+	_, dup := e.prepared[id]
+	e.mu.Unlock()
+	if running || dup {
+		return nil, fmt.Errorf("prepare pod of %s on %s: %w", id, e.cfg.Node, ErrExists)
+	}
+	p, err := pod.Create(pod.Spec{NetNS: e.PodNS(id), NodeNS: e.cfg.NodeNS, IPv4: v4, IPv6: v6})
+	if err != nil {
+		return nil, fmt.Errorf("prepare pod of %s: %w", id, err)
+	}
+	e.mu.Lock()
+	e.prepared[id] = p
+	e.mu.Unlock()
+	return p, nil
+}
+
+// PreparedPod returns the pod PreparePod made for id, if it is still waiting for its restore.
+func (e *Engine) PreparedPod(id string) (*pod.Pod, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, ok := e.prepared[id]
+	return p, ok
+}
+
+// DiscardPrepared deletes the pod PreparePod made for id if no restore took it (no-op otherwise).
+func (e *Engine) DiscardPrepared(id string) error {
+	e.mu.Lock()
+	p, ok := e.prepared[id]
+	delete(e.prepared, id)
+	e.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := p.Delete(); err != nil {
+		return fmt.Errorf("discard prepared pod of %s: %w", id, err)
+	}
+	return nil
+}
+
+// takePrepared returns (and forgets) the prepared pod of spec.ID, or nil when there is none. A
+// prepared pod whose addresses differ from the spec's is deleted and an error returned.
+func (e *Engine) takePrepared(spec ContainerSpec) (*pod.Pod, error) {
+	e.mu.Lock()
+	p, ok := e.prepared[spec.ID]
+	delete(e.prepared, spec.ID)
+	e.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	if p.Spec.IPv4 != spec.IPv4 || p.Spec.IPv6 != spec.IPv6 {
+		_ = p.Delete()
+		return nil, fmt.Errorf("%w: prepared pod of %s has addresses %s %s, image wants %s %s",
+			ErrBadSpec, spec.ID, p.Spec.IPv4, p.Spec.IPv6, spec.IPv4, spec.IPv6)
+	}
+	return p, nil
+}
+
+// Close deletes every container and prepared pod of the engine (tests; a daemon leaves them
+// running).
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	ids := make([]string, 0, len(e.ctrs))
 	for id := range e.ctrs {
 		ids = append(ids, id)
 	}
+	var prepared []string
+	for id := range e.prepared {
+		prepared = append(prepared, id)
+	}
 	e.mu.Unlock()
 	var errs []error
+	for _, id := range prepared {
+		errs = append(errs, e.DiscardPrepared(id))
+	}
 	for _, id := range ids {
 		if err := e.Delete(context.Background(), id); err != nil {
 			errs = append(errs, err)
@@ -548,6 +670,15 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// linkOrCopy hard-links src to dst (no copy in the freeze when the state directory and the binary
+// share a file system) and copies it otherwise.
+func linkOrCopy(src, dst string, mode os.FileMode) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	return copyFile(src, dst, mode)
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ const (
 	PhaseTransfer     Phase = "transfer"      // image over the Transport
 	PhaseRestore      Phase = "restore"       // runc restore on the destination
 	PhaseAfterRestore Phase = "after-restore" // Options.AfterRestore hook
+	PhaseLazyPages    Phase = "lazy-pages"    // post-copy: pulling the remaining pages
 	PhaseCleanup      Phase = "cleanup"       // removing the source container
 )
 
@@ -57,6 +59,9 @@ type Options struct {
 	// BeforeFreeze runs before the container is paused (steerd: the QUIC extension's prepare).
 	// An error aborts the migration with nothing touched.
 	BeforeFreeze func(ctx context.Context) error
+	// PageServer is where the source node's CRIU serves lazy pages (PostCopy; required there): an
+	// address of the source node that the destination node reaches, and a free TCP port.
+	PageServer netip.AddrPort
 	// AfterRestore runs once the container runs on the destination, before the source copy is
 	// removed (steerd: the extension's restored, the datapath route switch). An error rolls back.
 	AfterRestore func(ctx context.Context) error
@@ -77,8 +82,12 @@ type Report struct {
 	// ImageBytes is the size of the image files; TransferBytes the bytes on the wire.
 	ImageBytes    int64
 	TransferBytes int64
-	// Freeze is the service's downtime: from the pause to the restored container running.
+	// Freeze is the service's downtime: from the pause (post-copy: the start of the lazy dump,
+	// whose CRIU freezes the container itself) to the restored container running.
 	Freeze time.Duration
+	// LazyPages (post-copy) is from the restored container running to the last page pulled: the
+	// time the service runs on the destination with part of its memory still on the source.
+	LazyPages time.Duration
 	// Total is the whole migration, hooks and source cleanup included.
 	Total time.Duration
 }
@@ -92,9 +101,9 @@ func (r *Report) String() string {
 	if r.Transfer > 0 {
 		mbps = float64(r.TransferBytes) / (1 << 20) / r.Transfer.Seconds()
 	}
-	return fmt.Sprintf("%s %s %s->%s: pause %s, pre-dumps [%s], dump %s, transfer %d B in %s (%.0f MiB/s), restore %s, freeze %s, total %s",
+	return fmt.Sprintf("%s %s %s->%s: pause %s, pre-dumps [%s], dump %s, transfer %d B in %s (%.0f MiB/s), restore %s, freeze %s, lazy pages %s, total %s",
 		r.Technique, r.ID, r.From, r.To, ms(r.Pause), strings.Join(pd, " "), ms(r.Dump), r.TransferBytes,
-		ms(r.Transfer), mbps, ms(r.Restore), ms(r.Freeze), ms(r.Total))
+		ms(r.Transfer), mbps, ms(r.Restore), ms(r.Freeze), ms(r.LazyPages), ms(r.Total))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
@@ -126,6 +135,10 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	if opts.Transport == nil {
 		return fail(PhaseCheck, src, fmt.Errorf("%w: no transport", ErrBadSpec))
 	}
+	postCopy := opts.Technique == PostCopy
+	if postCopy && !opts.PageServer.IsValid() {
+		return fail(PhaseCheck, src, fmt.Errorf("%w: post-copy needs a page server address", ErrBadSpec))
+	}
 	if _, err := src.Container(id); err != nil {
 		return fail(PhaseCheck, src, err)
 	}
@@ -156,8 +169,10 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 		recvc <- recvResult{n, err}
 	}()
 
-	// Rollback after the pause: clean the destination, resume (or keep) the source.
+	// Rollback after the pause: clean the destination (post-copy: kill the restored copy before
+	// the source's page server), resume (or keep) the source.
 	bg := context.WithoutCancel(ctx)
+	var lazy *LazyDump
 	rollback := func(p Phase, e *Engine, err error) (*Report, error) {
 		cancelRecv()
 		if !received {
@@ -165,6 +180,22 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 		}
 		if _, cerr := dst.Container(id); cerr == nil {
 			_ = dst.Delete(bg, id)
+		}
+		if lazy != nil {
+			// A page server that failed (the destination's faults could not be served) says
+			// why in its log: give it a moment to exit, and report that cause too.
+			select {
+			case <-lazy.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+			select {
+			case <-lazy.Done():
+				if lerr := lazy.Wait(bg); lerr != nil && !errors.Is(err, ErrLazyPages) {
+					err = errors.Join(err, lerr)
+				}
+			default:
+				lazy.Abort()
+			}
 		}
 		_ = os.RemoveAll(recvDir)
 		_ = os.RemoveAll(src.ImageDir(id))
@@ -183,21 +214,34 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 		return rep, perr
 	}
 
+	var freezeStart time.Time
+	if postCopy {
+		// CRIU freezes the container itself (cgroup freezer) and keeps it frozen while it
+		// serves the lazy pages; on a failed page transfer it thaws it.
+		freezeStart = time.Now()
+		l, n, err := src.CheckpointLazy(ctx, id, opts.PageServer)
+		rep.Dump, rep.ImageBytes = time.Since(freezeStart), n
+		if err != nil {
+			return rollback(PhaseDump, src, err)
+		}
+		lazy = l
+	} else {
+		t := time.Now()
+		if err := src.Pause(ctx, id); err != nil {
+			return rollback(PhasePause, src, err)
+		}
+		freezeStart = time.Now()
+		rep.Pause = freezeStart.Sub(t)
+
+		t = time.Now()
+		n, err := src.Checkpoint(ctx, id, CheckpointOptions{LeaveRunning: true})
+		rep.Dump, rep.ImageBytes = time.Since(t), n
+		if err != nil {
+			return rollback(PhaseDump, src, err)
+		}
+	}
+
 	t := time.Now()
-	if err := src.Pause(ctx, id); err != nil {
-		return rollback(PhasePause, src, err)
-	}
-	freezeStart := time.Now()
-	rep.Pause = freezeStart.Sub(t)
-
-	t = time.Now()
-	n, err := src.Checkpoint(ctx, id, CheckpointOptions{LeaveRunning: true})
-	rep.Dump, rep.ImageBytes = time.Since(t), n
-	if err != nil {
-		return rollback(PhaseDump, src, err)
-	}
-
-	t = time.Now()
 	sent, serr := opts.Transport.Send(ctx, src.ImageDir(id), opts.Progress)
 	var rr recvResult
 	if serr != nil {
@@ -213,7 +257,13 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	}
 
 	t = time.Now()
-	if _, err := dst.Restore(ctx, recvDir); err != nil {
+	var err error
+	if postCopy {
+		_, err = dst.RestoreLazy(ctx, recvDir, opts.PageServer)
+	} else {
+		_, err = dst.Restore(ctx, recvDir)
+	}
+	if err != nil {
 		return rollback(PhaseRestore, dst, err)
 	}
 	rep.Restore = time.Since(t)
@@ -222,6 +272,20 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	if opts.AfterRestore != nil {
 		if err := opts.AfterRestore(ctx); err != nil {
 			return rollback(PhaseAfterRestore, dst, err)
+		}
+	}
+	if lazy != nil {
+		// The source must live until the destination has every page: CRIU kills the source
+		// tasks only after its page server served the last one.
+		t = time.Now()
+		derr := dst.WaitLazy(ctx, id)
+		if derr != nil {
+			lazy.Abort()
+		}
+		serr := lazy.Wait(ctx)
+		rep.LazyPages = time.Since(t)
+		if err := errors.Join(derr, serr); err != nil {
+			return rollback(PhaseLazyPages, dst, err)
 		}
 	}
 	_ = os.RemoveAll(recvDir)

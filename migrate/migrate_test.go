@@ -146,6 +146,23 @@ func (e *env) transport(tb testing.TB, from, to int) *TCPTransport {
 	return tr
 }
 
+// pageServer returns an address of node from with a free TCP port, for CRIU's lazy page server.
+func (e *env) pageServer(tb testing.TB, from int) netip.AddrPort {
+	tb.Helper()
+	var port int
+	if err := nsutil.Do(e.tb.Nodes[from].NS, func() error {
+		ln, err := net.Listen("tcp4", netip.AddrPortFrom(e.tb.Nodes[from].IPv4, 0).String())
+		if err != nil {
+			return err
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		return ln.Close()
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return netip.AddrPortFrom(e.tb.Nodes[from].IPv4, uint16(port))
+}
+
 func (e *env) run(tb testing.TB, node int, quicMode bool, ballastMB int) ContainerSpec {
 	tb.Helper()
 	args := []string{"-listen", netip.AddrPortFrom(podIPv4, svcPort).String()}
@@ -245,6 +262,17 @@ func sizes(tb testing.TB) []int {
 	return []int{0, 10, 100}
 }
 
+func requireTechnique(tb testing.TB, e *env, t Technique) {
+	tb.Helper()
+	caps, err := e.eng[0].Capabilities(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := caps.Supports(t); err != nil {
+		tb.Skipf("skip: missing capability: %v", err)
+	}
+}
+
 func supported(tb testing.TB, e *env) []Technique {
 	caps, err := e.eng[0].Capabilities(context.Background())
 	if err != nil {
@@ -275,8 +303,9 @@ func TestMigrateUDPCounter(t *testing.T) {
 					}
 					var progressCalls, progressDone, progressTotal atomic.Int64
 					rep, err := Migrate(context.Background(), e.eng[0], e.eng[1], "svc", Options{
-						Technique: tech,
-						Transport: e.transport(t, 0, 1),
+						Technique:  tech,
+						Transport:  e.transport(t, 0, 1),
+						PageServer: e.pageServer(t, 0),
 						Progress: func(done, total int64) {
 							progressCalls.Add(1)
 							progressDone.Store(done)
@@ -291,7 +320,12 @@ func TestMigrateUDPCounter(t *testing.T) {
 					if rep.Freeze <= 0 || rep.Dump <= 0 || rep.Restore <= 0 || rep.Freeze < rep.Dump+rep.Restore {
 						t.Errorf("implausible phase times: %v", rep)
 					}
-					if min := int64(mb) << 20; rep.ImageBytes < min || rep.TransferBytes < rep.ImageBytes {
+					if tech == PostCopy {
+						// The image holds no private anonymous memory: the ballast is pulled lazily.
+						if rep.ImageBytes >= 4<<20 || rep.TransferBytes < rep.ImageBytes || rep.LazyPages <= 0 {
+							t.Errorf("post-copy image %d B, sent %d B, lazy pages %v: want < 4 MiB sent whole, pages pulled after", rep.ImageBytes, rep.TransferBytes, rep.LazyPages)
+						}
+					} else if min := int64(mb) << 20; rep.ImageBytes < min || rep.TransferBytes < rep.ImageBytes {
 						t.Errorf("image %d B, sent %d B, want >= %d B", rep.ImageBytes, rep.TransferBytes, min)
 					}
 					if progressCalls.Load() == 0 || progressDone.Load() != progressTotal.Load() || progressTotal.Load() != rep.ImageBytes {
@@ -389,6 +423,7 @@ func TestMigrateQUIC(t *testing.T) {
 					rep, err := Migrate(context.Background(), e.eng[0], e.eng[1], "svc", Options{
 						Technique:    tech,
 						Transport:    e.transport(t, 0, 1),
+						PageServer:   e.pageServer(t, 0),
 						AfterRestore: func(context.Context) error { return e.routeTo(1) },
 					})
 					if err != nil {
@@ -457,7 +492,7 @@ func TestUnsupportedTechniquesFailAtOnce(t *testing.T) {
 		last++
 		assertClean(t, e.eng[1], "svc")
 	}
-	if (caps.MemDirtyTrack && caps.UffdNonCoop && caps.SysResource) != (ran == 0) {
+	if caps.MemDirtyTrack != (ran == 0) { // pre-copy and hybrid need soft-dirty tracking
 		t.Errorf("refused %d techniques with capabilities %+v", ran, caps)
 	}
 }
@@ -472,6 +507,9 @@ func faultCase(t *testing.T, e *env, mb int, opts Options, phases ...Phase) erro
 	last := cl.count(t, "inc")
 	if opts.Transport == nil {
 		opts.Transport = e.transport(t, 0, 1)
+	}
+	if opts.Technique == PostCopy {
+		opts.PageServer = e.pageServer(t, 0)
 	}
 	opts.AfterRestore = func(context.Context) error { return e.routeTo(1) }
 	rep, err := Migrate(context.Background(), e.eng[0], e.eng[1], "svc", opts)
@@ -522,10 +560,19 @@ exec ` + runc + ` "$@"
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, "", wrapper)
-	err = faultCase(t, e, 10, Options{Technique: Cold}, PhaseRestore)
-	if err != nil && !strings.Contains(err.Error(), "injected restore failure") {
-		t.Errorf("error does not carry runc's message: %v", err)
+	for _, tech := range []Technique{Cold, PostCopy} {
+		t.Run(tech.String(), func(t *testing.T) {
+			e := newEnv(t, "", wrapper)
+			if tech == PostCopy {
+				requireTechnique(t, e, tech)
+			}
+			// Post-copy: the destination's lazy-pages daemon never connects, so the source's page
+			// server waits until the rollback kills it; the frozen source is then thawed.
+			err := faultCase(t, e, 10, Options{Technique: tech}, PhaseRestore)
+			if err != nil && !strings.Contains(err.Error(), "injected restore failure") {
+				t.Errorf("error does not carry runc's message: %v", err)
+			}
+		})
 	}
 }
 
@@ -609,7 +656,7 @@ func BenchmarkFreeze(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					from, to := i%2, (i+1)%2
 					rep, err := Migrate(context.Background(), e.eng[from], e.eng[to], "svc", Options{
-						Technique: tech, Transport: e.transport(b, from, to),
+						Technique: tech, Transport: e.transport(b, from, to), PageServer: e.pageServer(b, from),
 						AfterRestore: func(context.Context) error { return e.routeTo(to) },
 					})
 					if err != nil {
