@@ -126,7 +126,8 @@ type Engine struct {
 	lazy     lazyState
 }
 
-// NewEngine makes the engine of one node and creates its state directory.
+// NewEngine makes the engine of one node and creates its state directory. It removes the
+// containers a previous run left frozen or stopped (see RecoverFrozen).
 func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.Node == "" || cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
 		return nil, fmt.Errorf("new engine: %w: Node and an absolute StateDir are required", ErrBadSpec)
@@ -154,6 +155,11 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: log.With("node", cfg.Node), ctrs: map[string]*Container{},
 		prepared: map[string]*pod.Pod{}, lazy: lazyState{m: map[string]*lazyDaemon{}}}
+	if _, err := exec.LookPath(cfg.Runc); err == nil {
+		if _, err := e.RecoverFrozen(context.Background()); err != nil {
+			e.log.Warn("recover frozen containers", "err", err)
+		}
+	}
 	return e, nil
 }
 

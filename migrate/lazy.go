@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -46,6 +47,10 @@ const LazyPipeMaxSize = 4 << 20
 
 // ErrLazyPages is returned (wrapped) when a post-copy page transfer fails after the dump.
 var ErrLazyPages = errors.New("lazy page transfer failed")
+
+// ErrLazyStopped is returned by WaitLazy when the lazy-pages daemon was stopped on purpose (the
+// container was deleted, e.g. by a rollback) before it had every page.
+var ErrLazyStopped = errors.New("lazy-pages daemon stopped")
 
 // EnsurePipeMaxSize raises fs.pipe-max-size to at least LazyPipeMaxSize (it never lowers it). The
 // sysctl is global (not per namespace) and needs root; it does not survive a reboot (persist it
@@ -188,7 +193,8 @@ func (l *LazyDump) Abort() {
 
 // lazyDaemon is the destination's `criu lazy-pages` of one restored container.
 type lazyDaemon struct {
-	cmd  *exec.Cmd
+	killed atomic.Bool
+	cmd    *exec.Cmd
 	log  string
 	done chan struct{}
 	err  error
@@ -200,6 +206,7 @@ func (d *lazyDaemon) kill() {
 		return
 	default:
 	}
+	d.killed.Store(true)
 	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
 	<-d.done
 }
@@ -269,6 +276,9 @@ func (e *Engine) WaitLazy(ctx context.Context, id string) error {
 	e.lazy.mu.Lock()
 	delete(e.lazy.m, id)
 	e.lazy.mu.Unlock()
+	if d.killed.Load() {
+		return fmt.Errorf("criu lazy-pages of %s: %w", id, ErrLazyStopped)
+	}
 	if d.err != nil {
 		return fmt.Errorf("criu lazy-pages of %s: %w: %v%s", id, ErrLazyPages, d.err, criuLogTail(d.log, ""))
 	}

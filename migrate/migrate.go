@@ -139,14 +139,22 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	if postCopy && !opts.PageServer.IsValid() {
 		return fail(PhaseCheck, src, fmt.Errorf("%w: post-copy needs a page server address", ErrBadSpec))
 	}
-	if _, err := src.Container(id); err != nil {
+	sc, err := src.Container(id)
+	if err != nil {
 		return fail(PhaseCheck, src, err)
 	}
 	if _, err := dst.Container(id); err == nil {
 		return fail(PhaseCheck, dst, fmt.Errorf("container %s: %w", id, ErrExists))
 	}
+	// The destination pod exists before the freeze (its creation is not downtime).
+	if _, ok := dst.PreparedPod(id); !ok {
+		if _, err := dst.PreparePod(id, sc.Spec.IPv4, sc.Spec.IPv6); err != nil {
+			return fail(PhaseCheck, dst, err)
+		}
+	}
 	if opts.BeforeFreeze != nil {
 		if err := opts.BeforeFreeze(ctx); err != nil {
+			_ = dst.DiscardPrepared(id)
 			return fail(PhaseBeforeFreeze, src, err)
 		}
 	}
@@ -154,6 +162,7 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	// Destination: receive in the background while the source pauses and dumps.
 	recvDir := dst.ImageDir(id)
 	if err := os.RemoveAll(recvDir); err != nil {
+		_ = dst.DiscardPrepared(id)
 		return fail(PhaseCheck, dst, err)
 	}
 	type recvResult struct {
@@ -181,6 +190,7 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 		if _, cerr := dst.Container(id); cerr == nil {
 			_ = dst.Delete(bg, id)
 		}
+		_ = dst.DiscardPrepared(id)
 		if lazy != nil {
 			// A page server that failed (the destination's faults could not be served) says
 			// why in its log: give it a moment to exit, and report that cause too.
@@ -257,7 +267,6 @@ func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*R
 	}
 
 	t = time.Now()
-	var err error
 	if postCopy {
 		_, err = dst.RestoreLazy(ctx, recvDir, opts.PageServer)
 	} else {

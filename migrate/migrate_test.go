@@ -678,3 +678,87 @@ func BenchmarkFreeze(b *testing.B) {
 		}
 	}
 }
+
+// TestRecoverFrozenAfterRestart: a container left paused by a process that died mid-migration is
+// removed (with its pod namespace and bundle) when the node's engine starts again.
+func TestRecoverFrozenAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	e.run(t, 0, false, 0)
+	cl := newUDPClient(t, e)
+	cl.count(t, "inc")
+	if err := e.eng[0].Pause(context.Background(), "svc"); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate the restart: a second engine over the same state directory.
+	again, err := NewEngine(e.eng[0].cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := again.state(context.Background(), "svc"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("runc state after restart: %v, want ErrNotFound", err)
+	}
+	for _, p := range []string{e.eng[0].bundleDir("svc"), nsutil.Path(e.eng[0].PodNS("svc"))} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left behind", p)
+		}
+	}
+	// A running container is left alone.
+	e2 := newEnv(t)
+	e2.run(t, 0, false, 0)
+	if _, err := NewEngine(e2.eng[0].cfg); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := e2.eng[0].Status(context.Background(), "svc"); err != nil || st != "running" {
+		t.Errorf("running container after restart: %q, %v", st, err)
+	}
+	// The first engine's record is stale now: forget it so Close does not complain.
+	e.eng[0].mu.Lock()
+	delete(e.eng[0].ctrs, "svc")
+	e.eng[0].mu.Unlock()
+}
+
+// TestPreparedPodIsTakenByRestore: PreparePod's pod (same veth) is the one the restored container
+// joins; an unused prepared pod is removed by Delete.
+func TestPreparedPodIsTakenByRestore(t *testing.T) {
+	e := newEnv(t)
+	e.run(t, 0, false, 10)
+	defer e.eng[1].Delete(context.Background(), "svc")
+	cl := newUDPClient(t, e)
+	last := cl.count(t, "inc")
+	p, err := e.eng[1].PreparePod("svc", podIPv4, podIPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.eng[1].PreparePod("svc", podIPv4, podIPv6); !errors.Is(err, ErrExists) {
+		t.Errorf("second PreparePod: %v, want ErrExists", err)
+	}
+	rep, err := Migrate(context.Background(), e.eng[0], e.eng[1], "svc", Options{
+		Technique: Cold, Transport: e.transport(t, 0, 1),
+		AfterRestore: func(context.Context) error { return e.routeTo(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%v", rep)
+	c, err := e.eng[1].Container("svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Pod.HostIndex != p.HostIndex || c.Pod.NetNS != p.NetNS {
+		t.Errorf("restored into pod %s (veth %d), prepared %s (veth %d)", c.Pod.NetNS, c.Pod.HostIndex, p.NetNS, p.HostIndex)
+	}
+	if _, ok := e.eng[1].PreparedPod("svc"); ok {
+		t.Error("prepared pod still pending after the restore took it")
+	}
+	if got := cl.count(t, "inc"); got != last+1 {
+		t.Errorf("inc after migration = %d, want %d", got, last+1)
+	}
+	// Unused prepared pod: Delete removes it.
+	if _, err := e.eng[0].PreparePod("svc", podIPv4, podIPv6); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.eng[0].Delete(context.Background(), "svc"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, e.eng[0], "svc")
+}
