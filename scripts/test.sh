@@ -14,11 +14,17 @@ go run ./tests/netns/cmd/sweep >/dev/null 2>&1 || true
 go test -count=1 -timeout 30m -v "$@" ./... 2>&1 | tee "$log" | grep -Ev '^(=== (RUN|PAUSE|CONT|NAME)|\s*$)'
 rc=${PIPESTATUS[0]}
 
-skips=$(grep -c -- '--- SKIP' "$log" || true)
-passes=$(grep -c -- '--- PASS' "$log" || true)
-fails=$(grep -c -- '--- FAIL' "$log" || true)
+# Count leaf tests only: a parent test whose subtests failed is not a failure of its own.
+read -r passes fails skips < <(grep -E -- '--- (PASS|FAIL|SKIP): ' "$log" | sed -E 's/^ *--- (PASS|FAIL|SKIP): ([^ ]+).*/\1 \2/' | awk '
+	{ res[NR] = $1; name[NR] = $2; n = NR; seen[$2] = 1 }
+	END {
+		for (i = 1; i <= n; i++) { p = name[i]; while (sub(/\/[^\/]*$/, "", p)) parent[p] = 1 }
+		for (i = 1; i <= n; i++) if (!(name[i] in parent)) c[res[i]]++
+		printf "%d %d %d\n", c["PASS"], c["FAIL"], c["SKIP"]
+	}')
 echo
-echo "== test summary: ${passes} passed, ${fails} failed, ${skips} skipped =="
+echo "== test summary (leaf tests, subtests counted once) =="
+echo "tests: ${passes} passed, ${fails} failed, ${skips} skipped"
 if [ "$skips" -gt 0 ]; then
 	echo "skipped tests and reasons:"
 	grep -A1 -- '--- SKIP' "$log" | grep -v -- '^--$' | sed 's/^/  /'
