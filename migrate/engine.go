@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -194,8 +195,14 @@ func (e *Engine) bundleDir(id string) string { return filepath.Join(e.cfg.StateD
 // ImageDir returns the directory where this engine keeps (or receives) the image of container id.
 func (e *Engine) ImageDir(id string) string { return filepath.Join(e.cfg.StateDir, "images", id) }
 
+// cgroupsPath is "/steerd-<node>-<8 hex digits of FNV-1a(StateDir)>-<id>": per node, and per
+// state directory so that two engines that share a node name on one machine (two test clusters
+// running at once) never restore into each other's cgroup.
 func (e *Engine) cgroupsPath(id string) string {
-	return "/steerd-" + regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(e.cfg.Node, "_") + "-" + id
+	h := fnv.New32a()
+	h.Write([]byte(e.cfg.StateDir))
+	node := regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(e.cfg.Node, "_")
+	return fmt.Sprintf("/steerd-%s-%08x-%s", node, h.Sum32(), id)
 }
 
 // Run creates the pod namespace, writes the bundle and starts the container (runc run --detach).
