@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -25,6 +26,7 @@ type incoming struct {
 	dir        string
 	pod        *pod.Pod
 	tl         *timeline
+	prepared   bool // the engine (PodPreparer) created pod at prepare-restore
 	restored   bool // engine.Restore called (a container may exist)
 	local      bool // the datapath delivers the instance here
 	bytes      int64
@@ -141,6 +143,24 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	if err := os.MkdirAll(in.dir, 0o700); err != nil {
 		return fail(fmt.Errorf("create image directory: %w", err))
 	}
+	if pp, ok := d.engine.(PodPreparer); ok {
+		// The pod exists before the source freezes: its creation and the datapath attach are not
+		// part of the freeze.
+		p, err := pp.PreparePod(def.Name, def.PodIPv4, def.PodIPv6)
+		if err != nil {
+			return fail(fmt.Errorf("prepare pod for %s: %w", def.Name, err))
+		}
+		if pa, ok := d.dp.(podAttacher); ok {
+			if err := pa.AttachPod(p.HostIndex, p.Path(), p.PodIndex); err != nil {
+				_ = d.engine.Remove(context.Background(), def.Name)
+				return fail(fmt.Errorf("attach datapath to pod %s: %w", p.NetNS, err))
+			}
+		}
+		d.mu.Lock()
+		in.pod, s.pod, in.prepared = p, p, true
+		d.mu.Unlock()
+		return nil
+	}
 	if d.ownsPods() {
 		return nil // the engine creates the pod when it restores
 	}
@@ -216,15 +236,38 @@ func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err e
 	if in.pod != nil {
 		netnsPath = in.pod.Path()
 	}
+	if in.prepared {
+		// Deliver here and SNAT (the egress entries of the pod veth) before the restored service
+		// runs: CRIU resumes it before runc restore returns, and its first packets must leave
+		// with the public address, not the pod address.
+		d.mu.Lock()
+		lt := d.services[in.def.Name].local()
+		in.local = true
+		d.mu.Unlock()
+		if err := d.setLocal(in.def.Instance, in.def.Name, lt); err != nil {
+			return fmt.Errorf("restore %s: %w", in.def.Name, err)
+		}
+	}
+	var pageServer netip.AddrPort
+	if q.PageServerPort != 0 {
+		pdef, ok := d.cfg.Peer(in.source)
+		if !ok {
+			return fmt.Errorf("restore %s: page server: %w: %q", in.def.Name, ErrUnknownPeer, in.source)
+		}
+		pageServer = netip.AddrPortFrom(pdef.Address, q.PageServerPort)
+	}
 	rep, err := d.engine.Restore(ctx, RestoreRequest{
 		Migration: q.Migration, Service: in.def.Name, Technique: in.technique, ImageDir: in.dir,
-		NetNSPath: netnsPath, Bundle: in.def.Bundle, Source: in.source,
+		NetNSPath: netnsPath, Bundle: in.def.Bundle, Source: in.source, PageServer: pageServer,
 	})
 	for _, p := range rep.Phases {
 		in.tl.add(api.Event{Phase: api.Phase(p.Name), Kind: api.End, Time: p.End, Duration: p.End.Sub(p.Start), Bytes: p.Bytes, Detail: "engine"})
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s (%s): %w", in.def.Name, in.technique, err)
+	}
+	if in.prepared {
+		return nil
 	}
 	if pe, ok := d.engine.(PodEngine); ok {
 		p, err := d.adoptPod(pe, in.def.Name)
@@ -292,7 +335,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 			errs = append(errs, err)
 		}
 	}
-	if in.restored {
+	if in.restored || in.prepared {
 		if err := d.engine.Remove(ctx, in.def.Name); err != nil {
 			errs = append(errs, fmt.Errorf("remove container %s: %w", in.def.Name, err))
 		}

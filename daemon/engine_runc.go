@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/steerd/steerd/api"
@@ -45,6 +47,10 @@ var ErrNoRuntime = errors.New("container runtime not installed")
 type RuncEngine struct {
 	eng *mig.Engine
 	log *slog.Logger
+
+	mu sync.Mutex
+	// lazy holds the post-copy dumps whose page server still runs (source side).
+	lazy map[string]*mig.LazyDump
 }
 
 // NewRuncEngine returns the runc + CRIU engine of a node. Its state (runc root, generated bundles,
@@ -70,7 +76,8 @@ func NewRuncEngine(cfg *Config, log *slog.Logger) (*RuncEngine, error) {
 	}
 	// Detect the CRIU features now (criu check, ~150 ms) rather than inside the first migration.
 	go e.Capabilities(context.Background())
-	return &RuncEngine{eng: e, log: log}, nil
+	r := &RuncEngine{eng: e, log: log, lazy: map[string]*mig.LazyDump{}}
+	return r, nil
 }
 
 // RuntimeAvailable reports whether runc and criu are in PATH (the default runtime is "runc" then).
@@ -105,8 +112,8 @@ func (r *RuncEngine) Supports(ctx context.Context, t api.Technique) error {
 	if err := caps.Supports(mt); err != nil {
 		return err
 	}
-	if mt != mig.Cold {
-		return fmt.Errorf("%w: %s: package migrate implements only cold checkpoints so far (no pre-dump or lazy-pages driver)", mig.ErrTechniqueUnsupported, t)
+	if mt != mig.Cold && mt != mig.PostCopy {
+		return fmt.Errorf("%w: %s: package migrate implements cold and post-copy only (no pre-dump driver)", mig.ErrTechniqueUnsupported, t)
 	}
 	return nil
 }
@@ -214,6 +221,26 @@ func (r *RuncEngine) Checkpoint(ctx context.Context, req CheckpointRequest) (Eng
 	phase := func(name string, start time.Time, bytes int64) {
 		rep.Phases = append(rep.Phases, PhaseTime{Name: name, Start: start, End: time.Now(), Bytes: bytes})
 	}
+	if req.Technique == api.PostCopy {
+		// CRIU freezes the container itself and serves its private memory from the page server
+		// after the dump; the image holds everything else.
+		t := time.Now()
+		l, n, err := r.eng.CheckpointLazy(ctx, req.Service, req.PageServer)
+		if err != nil {
+			return rep, err
+		}
+		r.mu.Lock()
+		r.lazy[req.Service] = l
+		r.mu.Unlock()
+		phase("lazy-dump", t, n)
+		rep.Bytes = n
+		t = time.Now()
+		if err := sendDir(ctx, r.eng.ImageDir(req.Service), req.Transport); err != nil {
+			return rep, err
+		}
+		phase("transfer", t, n)
+		return rep, nil
+	}
 	t := time.Now()
 	if err := r.eng.Pause(ctx, req.Service); err != nil {
 		return rep, err
@@ -267,6 +294,11 @@ func (r *RuncEngine) Resume(ctx context.Context, service string) error {
 	if _, err := r.eng.Container(service); err != nil {
 		return fmt.Errorf("resume %s: %w: %w", service, ErrNotRunning, err)
 	}
+	if l := r.takeLazy(service); l != nil {
+		// Stop the page server: the destination copy is gone (the daemon aborted it first). Tasks
+		// CRIU froze stay frozen and are thawed below.
+		l.Abort()
+	}
 	st, err := r.eng.Status(ctx, service)
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", service, err)
@@ -280,10 +312,30 @@ func (r *RuncEngine) Resume(ctx context.Context, service string) error {
 	return fmt.Errorf("resume %s: %w: runc status %q", service, ErrNotRunning, st)
 }
 
-// Complete implements Engine: it deletes the (paused) source container with its pod, bundle and
-// image.
+// Complete implements Engine: post-copy waits until the destination has pulled every lazy page
+// (CRIU then kills the source tasks); then it deletes the source container with its pod, bundle
+// and image. A failed page transfer returns an error wrapping migrate.ErrLazyPages and leaves the
+// source container alone: CRIU thawed it, and the destination killed its incomplete copy.
 func (r *RuncEngine) Complete(ctx context.Context, service string) error {
+	if l := r.takeLazy(service); l != nil {
+		if err := l.Wait(ctx); err != nil {
+			return fmt.Errorf("complete post-copy of %s: %w", service, err)
+		}
+	}
 	return r.eng.Delete(ctx, service)
+}
+
+func (r *RuncEngine) takeLazy(service string) *mig.LazyDump {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.lazy[service]
+	delete(r.lazy, service)
+	return l
+}
+
+// PreparePod implements PodPreparer (migrate.Engine.PreparePod).
+func (r *RuncEngine) PreparePod(service string, v4, v6 netip.Addr) (*pod.Pod, error) {
+	return r.eng.PreparePod(service, v4, v6)
 }
 
 // Restore implements Engine: runc restore of req.ImageDir (which holds migrate.SpecFile) into a new
@@ -294,11 +346,47 @@ func (r *RuncEngine) Restore(ctx context.Context, req RestoreRequest) (EngineRep
 		return rep, err
 	}
 	t := time.Now()
-	if _, err := r.eng.Restore(ctx, req.ImageDir); err != nil {
+	if req.Technique != api.PostCopy {
+		if _, err := r.eng.Restore(ctx, req.ImageDir); err != nil {
+			return rep, err
+		}
+		rep.Phases = append(rep.Phases, PhaseTime{Name: "runc-restore", Start: t, End: time.Now()})
+		return rep, nil
+	}
+	// The lazy-pages daemon reads the image after the restore returns, but the daemon removes
+	// req.ImageDir once the service is told it was restored: move the image out of its way
+	// (same file system: a rename).
+	dir := r.eng.ImageDir(req.Service) + ".lazy"
+	_ = os.RemoveAll(dir)
+	if err := os.Rename(req.ImageDir, dir); err != nil {
+		return rep, fmt.Errorf("restore %s: move image: %w", req.Service, err)
+	}
+	if err := os.Mkdir(req.ImageDir, 0o700); err != nil {
+		return rep, fmt.Errorf("restore %s: %w", req.Service, err)
+	}
+	if _, err := r.eng.RestoreLazy(ctx, dir, req.PageServer); err != nil {
+		os.RemoveAll(dir)
 		return rep, err
 	}
-	rep.Phases = append(rep.Phases, PhaseTime{Name: "runc-restore", Start: t, End: time.Now()})
+	rep.Phases = append(rep.Phases, PhaseTime{Name: "runc-restore-lazy", Start: t, End: time.Now()})
+	go r.watchLazy(req.Service, dir)
 	return rep, nil
+}
+
+// watchLazy waits for the lazy-pages daemon of a restored service. When the page transfer fails,
+// the restored copy misses memory (its unfilled pages would read as zeros) and is removed: that
+// is post-copy's inherent risk (docs/migration.md, "Post-copy").
+func (r *RuncEngine) watchLazy(service, dir string) {
+	defer os.RemoveAll(dir)
+	err := r.eng.WaitLazy(context.Background(), service)
+	if err == nil || errors.Is(err, mig.ErrLazyStopped) {
+		r.log.Info("post-copy lazy-pages daemon ended", "service", service, "error", err)
+		return
+	}
+	r.log.Error("post-copy page transfer failed: removing the incomplete restored copy", "service", service, "error", err)
+	if err := r.eng.Delete(context.Background(), service); err != nil && !errors.Is(err, mig.ErrNotFound) {
+		r.log.Error("remove incomplete copy", "service", service, "error", err)
+	}
 }
 
 // Remove implements Engine: it deletes the container if the engine has it.

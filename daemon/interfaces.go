@@ -120,6 +120,9 @@ type CheckpointRequest struct {
 	// BeforeFreeze runs once just before the container is frozen for the final dump (after any
 	// pre-dumps). An error aborts the checkpoint with the container still running.
 	BeforeFreeze func(ctx context.Context) error
+	// PageServer (post-copy) is the address and TCP port of this node where CRIU serves the lazy
+	// pages until the destination has pulled them all.
+	PageServer netip.AddrPort
 }
 
 // RestoreRequest asks the destination engine to restore a service from an image.
@@ -135,6 +138,8 @@ type RestoreRequest struct {
 	Bundle    string
 	// Source is the node the image came from (post-copy: where lazy pages are served).
 	Source string
+	// PageServer (post-copy) is the source node's lazy page server (address and TCP port).
+	PageServer netip.AddrPort
 }
 
 // Engine runs, checkpoints and restores service containers on one node.
@@ -154,6 +159,17 @@ type Engine interface {
 	Restore(ctx context.Context, req RestoreRequest) (EngineReport, error)
 	// Remove stops and deletes a container if it exists (destination-side abort).
 	Remove(ctx context.Context, service string) error
+}
+
+// PodPreparer is a PodEngine that can create the pod namespace of an incoming service at
+// prepare-restore, before the source freezes: the freeze then does not include pod creation, and
+// the daemon attaches the datapath's pod programs and sets the instance's local route before the
+// restore, so the restored service's first packet is already SNATed.
+type PodPreparer interface {
+	PodEngine
+	// PreparePod creates the pod of service with the pod addresses; Restore takes it, Remove
+	// deletes it when no restore comes.
+	PreparePod(service string, v4, v6 netip.Addr) (*pod.Pod, error)
 }
 
 // Target is the pair of public addresses a service is reachable at on one node (IPv4 and IPv6

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -282,6 +284,13 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 		rb.destTouched = true
 		return call(opPrepareRestore, prepareRestoreReq{Migration: id, Source: d.cfg.Node, Service: def, Technique: req.Technique})
 	})
+	var pageServer netip.AddrPort
+	if err == nil && req.Technique == api.PostCopy {
+		pageServer, err = d.pageServerAddr()
+		if err != nil {
+			err = &phaseError{phase: api.PhaseCheckpt, err: err}
+		}
+	}
 	if err == nil {
 		err = step(api.PhaseCheckpt, func() error {
 			dir := d.imageDir("images", id)
@@ -291,7 +300,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 			defer os.RemoveAll(dir)
 			rb.checkpoint = true
 			rep, err := d.engine.Checkpoint(ctx, CheckpointRequest{
-				Migration: id, Service: def.Name, Technique: req.Technique, ImageDir: dir,
+				Migration: id, Service: def.Name, Technique: req.Technique, ImageDir: dir, PageServer: pageServer,
 				Transport: &peerTransport{d: d, peer: peer, migration: id, tl: tl, mg: mg},
 				BeforeFreeze: func(ctx context.Context) error {
 					tl.start(api.PhasePrepare, req.Strategy)
@@ -325,7 +334,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	if err == nil {
 		err = step(api.PhaseRestore, func() error {
 			rb.restoreSent = true
-			err := call(opRestore, restoreReq{Migration: id, Service: def.Name, Technique: req.Technique})
+			err := call(opRestore, restoreReq{Migration: id, Service: def.Name, Technique: req.Technique, PageServerPort: pageServer.Port()})
 			restoredAt = time.Now()
 			return err
 		})
@@ -408,6 +417,22 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	mg.update(func(m *api.Migration) { m.Result, m.Ended, m.Error = result, time.Now(), aerr })
 	d.met.migrations.WithLabelValues(string(result), string(req.Technique), req.Strategy).Inc()
 	d.log.Info("migration end", "migration", id, "result", result, "downtime", mg.m.Downtime)
+}
+
+// pageServerAddr returns where this node's CRIU serves lazy pages (post-copy): the address of the
+// peer channel (what peers know this node by) with a TCP port that is free now.
+func (d *Daemon) pageServerAddr() (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(d.cfg.PeerListen)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("page server address from peer_listen %q: %w", d.cfg.PeerListen, err)
+	}
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(ap.Addr(), 0).String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("pick a page server port on %s: %w", ap.Addr(), err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return netip.AddrPortFrom(ap.Addr(), uint16(port)), nil
 }
 
 // failMigration rolls a failed migration back and records the error (node, phase, cause).

@@ -52,6 +52,9 @@ type restoreReq struct {
 	Migration string        `json:"migration"`
 	Service   string        `json:"service"`
 	Technique api.Technique `json:"technique"`
+	// PageServerPort (post-copy) is the TCP port of the source's lazy page server, at the
+	// source's peer address.
+	PageServerPort uint16 `json:"page_server_port,omitempty"`
 }
 
 type restoredReq struct {

@@ -195,9 +195,9 @@ func (l *LazyDump) Abort() {
 type lazyDaemon struct {
 	killed atomic.Bool
 	cmd    *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	log    string
+	done   chan struct{}
+	err    error
 }
 
 func (d *lazyDaemon) kill() {
