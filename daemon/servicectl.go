@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/steerd/steerd/internal/nsutil"
@@ -76,7 +77,41 @@ func (q QuicextControl) Restored(ctx context.Context, podNS string, t Target) er
 	return q.client(podNS).Restored(ctx, qTarget(t))
 }
 
-// Abort implements ServiceControl: quicext "abort".
+// abortTries bounds how often Abort repeats the abort of a service that still reports a prepared
+// migration; abortRetryDelay is the pause between two tries.
+const (
+	abortTries      = 5
+	abortRetryDelay = 50 * time.Millisecond
+)
+
+// Abort implements ServiceControl: quicext "abort". It leaves the service accepting new
+// handshakes: "no migration prepared" counts as done, and while the service's status still shows
+// a prepared migration (a prepare that reached it only after the abort, or an abort that raced
+// it) the abort is sent again, up to abortTries times. A service without the status operation is
+// taken at its abort answer.
 func (q QuicextControl) Abort(ctx context.Context, podNS string) error {
-	return q.client(podNS).Abort(ctx)
+	c := q.client(podNS)
+	for try := 1; ; try++ {
+		if err := c.Abort(ctx); err != nil && !isNotPrepared(err) {
+			return err
+		}
+		st, err := c.Status(ctx)
+		if err != nil || !st.Prepared {
+			return nil
+		}
+		if try == abortTries {
+			return fmt.Errorf("abort: service still has a prepared migration (refusing handshakes) after %d aborts", try)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("abort: service still prepared: %w", ctx.Err())
+		case <-time.After(abortRetryDelay):
+		}
+	}
+}
+
+// isNotPrepared reports whether err is the endpoint's "no migration prepared" answer
+// (quicext.ErrNotPrepared, which crosses the control socket as text).
+func isNotPrepared(err error) bool {
+	return errors.Is(err, quicext.ErrControl) && strings.Contains(err.Error(), quicext.ErrNotPrepared.Error())
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -60,7 +61,7 @@ func TestQuicextControl(t *testing.T) {
 		case "restored":
 			return `{"ok":true}`
 		}
-		return `{"ok":false,"error":"no migration prepared"}`
+		return `{"ok":false,"error":"quicext: no migration prepared"}`
 	})
 	q := QuicextControl{Addr: addr}
 	tgt := Target{IPv4: netip.MustParseAddrPort("198.18.21.2:4433"), IPv6: netip.MustParseAddrPort("[2001:2:0:21::2]:4433")}
@@ -75,11 +76,53 @@ func TestQuicextControl(t *testing.T) {
 	if got["strategy"] != "symmetric" || got["timeout_ms"] != float64(500) || tg["ipv4"] != "198.18.21.2:4433" || tg["ipv6"] != "[2001:2:0:21::2]:4433" {
 		t.Fatalf("request %v", got)
 	}
+	if dl, ok := got["deadline_unix_ms"].(float64); !ok || dl <= float64(time.Now().UnixMilli()) {
+		t.Fatalf("prepare request without a future deadline: %v", got)
+	}
 	if err := q.Restored(context.Background(), "", tgt); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Abort(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "no migration prepared") {
-		t.Fatalf("abort: %v", err)
+	// "no migration prepared" leaves the service accepting: the abort is done.
+	if err := q.Abort(context.Background(), ""); err != nil {
+		t.Fatalf("abort of an unprepared service: %v", err)
+	}
+}
+
+// TestQuicextControlAbortLatePrepare: the service answers the abort with "no migration prepared"
+// but a late prepare then prepares it (status prepared): Abort repeats until the status says the
+// service accepts again; a service that stays prepared is an error.
+func TestQuicextControlAbortLatePrepare(t *testing.T) {
+	for _, stuck := range []bool{false, true} {
+		var aborts, statuses atomic.Int32
+		prepared := atomic.Bool{}
+		addr := fakeEndpoint(t, func(req map[string]any) string {
+			switch req["op"] {
+			case "abort":
+				n := aborts.Add(1)
+				if n == 1 {
+					prepared.Store(true) // the late prepare arrives right after the first abort
+					return `{"ok":false,"error":"quicext: no migration prepared"}`
+				}
+				if !stuck {
+					prepared.Store(false)
+				}
+				return `{"ok":true}`
+			case "status":
+				statuses.Add(1)
+				return fmt.Sprintf(`{"ok":true,"status":{"prepared":%v}}`, prepared.Load())
+			}
+			return `{"ok":false,"error":"unexpected"}`
+		})
+		err := QuicextControl{Addr: addr}.Abort(context.Background(), "")
+		switch {
+		case !stuck && (err != nil || aborts.Load() != 2 || prepared.Load()):
+			t.Fatalf("late prepare: err %v, aborts %d, still prepared %v", err, aborts.Load(), prepared.Load())
+		case stuck && (err == nil || aborts.Load() != abortTries || !strings.Contains(err.Error(), "still has a prepared migration")):
+			t.Fatalf("stuck service: err %v, aborts %d, want an error after %d", err, aborts.Load(), abortTries)
+		}
+		if statuses.Load() != aborts.Load() {
+			t.Fatalf("status checked %d times after %d aborts", statuses.Load(), aborts.Load())
+		}
 	}
 }
 

@@ -28,6 +28,12 @@ var ErrControl = errors.New("quicext: control request failed")
 // not arrive within ControlOptions.ReadTimeout.
 var ErrBadControlRequest = errors.New("quicext: bad control request")
 
+// ErrStalePrepare is the endpoint's error for a prepare request read after its deadline
+// (ControlRequest.DeadlineUnixMS): the caller has given up on it and may already have sent
+// abort, so the server does not prepare (a late prepare would refuse new handshakes until the
+// next abort).
+var ErrStalePrepare = errors.New("quicext: prepare request arrived after its deadline")
+
 // ControlOptions configure ServeControlWith. Zero values take the defaults.
 type ControlOptions struct {
 	// ReadTimeout bounds the wait for the request line after a client connects (a client that
@@ -57,12 +63,18 @@ func (o *ControlOptions) defaults() {
 //	{"op":"prepare","target":{"ipv4":"198.18.21.2:4433","ipv6":"[2001:2:0:21::2]:4433"},
 //	 "strategy":"symmetric","timeout_ms":2000,"close_unsupported":false}
 //	{"op":"restored","target":{...}}   {"op":"abort"}   {"op":"status"}
+//
+// A prepare may carry "deadline_unix_ms": the wall-clock time (Unix milliseconds, the caller and
+// the service share the node's clock) after which the caller stops waiting for the answer. The
+// endpoint refuses a prepare it reads after that time (ErrStalePrepare) and ends the wait for
+// acknowledgements by then.
 type ControlRequest struct {
 	Op               string `json:"op"`
 	Target           Target `json:"target,omitzero"`
 	Strategy         string `json:"strategy,omitempty"`
 	TimeoutMS        int    `json:"timeout_ms,omitempty"`
 	CloseUnsupported bool   `json:"close_unsupported,omitempty"`
+	DeadlineUnixMS   int64  `json:"deadline_unix_ms,omitempty"`
 }
 
 // ControlResponse is the one-line JSON answer. OK is false with Error set on failure;
@@ -152,6 +164,13 @@ func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
 		if to <= 0 {
 			to = 2 * time.Second
 		}
+		if req.DeadlineUnixMS != 0 {
+			left := time.Until(time.UnixMilli(req.DeadlineUnixMS))
+			if left <= 0 {
+				return ControlResponse{}, fmt.Errorf("handle control prepare: %w (%v ago)", ErrStalePrepare, (-left).Round(time.Millisecond))
+			}
+			to = min(to, left)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), to)
 		defer cancel()
 		r, err := s.PrepareWith(ctx, req.Target, func(*quic.Conn) Strategy { return st },
@@ -237,10 +256,16 @@ func (cc *ControlClient) Do(ctx context.Context, req ControlRequest) (ControlRes
 }
 
 // Prepare asks the server to prepare a migration to target with strategy (a name accepted by
-// ParseStrategy); timeout bounds the wait for acknowledgements.
+// ParseStrategy); timeout bounds the wait for acknowledgements. When ctx has a deadline it is
+// sent as the request's deadline: a server that reads the request only after it refuses it
+// (ErrStalePrepare) instead of preparing a migration its caller gave up on.
 func (cc *ControlClient) Prepare(ctx context.Context, target Target, strategy string, timeout time.Duration, closeUnsupported bool) (Readiness, error) {
-	resp, err := cc.Do(ctx, ControlRequest{Op: "prepare", Target: target, Strategy: strategy,
-		TimeoutMS: int(timeout.Milliseconds()), CloseUnsupported: closeUnsupported})
+	req := ControlRequest{Op: "prepare", Target: target, Strategy: strategy,
+		TimeoutMS: int(timeout.Milliseconds()), CloseUnsupported: closeUnsupported}
+	if dl, ok := ctx.Deadline(); ok {
+		req.DeadlineUnixMS = dl.UnixMilli()
+	}
+	resp, err := cc.Do(ctx, req)
 	if err != nil {
 		return Readiness{}, err
 	}

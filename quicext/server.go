@@ -26,6 +26,10 @@ var (
 	ErrPreparing = errors.New("quicext: migration in progress")
 	// ErrNotPrepared is returned by Restored and Abort when no migration is prepared.
 	ErrNotPrepared = errors.New("quicext: no migration prepared")
+	// ErrAborted is returned by a Prepare that Abort cancelled while it waited for its clients:
+	// handshakes and Accept are open again and every client that got the preparation was sent
+	// MIGRATION_CANCEL.
+	ErrAborted = errors.New("quicext: migration aborted during prepare")
 	// ErrServerClosed is returned by Accept after Close.
 	ErrServerClosed = errors.New("quicext: server closed")
 	// ErrWildcardBind is returned by NewServer when the transport's *net.UDPConn is bound to a
@@ -149,6 +153,12 @@ type Server struct {
 	strategy   Strategy
 	target     Target
 	migrations int
+	// prepGen numbers Prepare calls; activeGen is the number of the Prepare still sending its
+	// preparation (0: none). Abort zeroes it, so a connection's preparation that was not written
+	// yet is never written after the MIGRATION_CANCEL; prepCancel ends that Prepare's waits.
+	prepGen    uint64
+	activeGen  atomic.Uint64
+	prepCancel context.CancelFunc
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -447,6 +457,12 @@ func (s *Server) PrepareWith(ctx context.Context, target Target, strategyFor fun
 	}
 	s.prepared = true
 	s.target = target
+	s.prepGen++
+	gen := s.prepGen
+	s.activeGen.Store(gen)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.prepCancel = cancel
 	conns := make([]*serverConn, 0, len(s.conns))
 	for _, sc := range s.conns {
 		conns = append(conns, sc)
@@ -473,7 +489,7 @@ func (s *Server) PrepareWith(ctx context.Context, target Target, strategyFor fun
 				return
 			}
 			info.Strategy = st
-			if err := sc.prepare(st, target); err != nil {
+			if err := sc.prepare(st, target, gen); err != nil {
 				results[i] = result{info, 1}
 				return
 			}
@@ -503,10 +519,14 @@ func (s *Server) PrepareWith(ctx context.Context, target Target, strategyFor fun
 			}
 		}
 	}
-	s.mu.Lock()
-	s.strategy = r.Strategy
-	s.mu.Unlock()
 	r.ElapsedMS = float64(time.Since(start).Microseconds()) / 1000
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.activeGen.Load() != gen {
+		return r, ErrAborted
+	}
+	s.strategy = r.Strategy
+	s.prepCancel = nil
 	return r, nil
 }
 
@@ -561,7 +581,9 @@ func (s *Server) Restored(ctx context.Context, newAddr Target) error {
 }
 
 // Abort cancels a prepared migration (the service stays where it is): clients get
-// MIGRATION_CANCEL, handshakes and Accept reopen. It returns ErrNotPrepared without one.
+// MIGRATION_CANCEL, handshakes and Accept reopen. A Prepare still waiting for its clients'
+// acknowledgements is cancelled at once (it returns ErrAborted) and no preparation is sent after
+// the cancel. It returns ErrNotPrepared without a prepared migration.
 func (s *Server) Abort() error {
 	s.mu.Lock()
 	if !s.prepared {
@@ -574,6 +596,11 @@ func (s *Server) Abort() error {
 	}
 	s.prepared = false
 	s.strategy = 0
+	s.activeGen.Store(0)
+	if s.prepCancel != nil {
+		s.prepCancel()
+		s.prepCancel = nil
+	}
 	s.notifyLocked()
 	s.mu.Unlock()
 	for _, sc := range conns {
@@ -825,9 +852,15 @@ func (sc *serverConn) writeLocked(ms ...message) error {
 	return nil
 }
 
-func (sc *serverConn) prepare(st Strategy, target Target) error {
+// prepare sends the preparation of Prepare number gen, unless Abort cancelled it already (then
+// it returns ErrAborted and sends nothing). sc.mu orders it against abort: a preparation written
+// first is cancelled by the abort that follows.
+func (sc *serverConn) prepare(st Strategy, target Target, gen uint64) error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	if sc.s.activeGen.Load() != gen {
+		return ErrAborted
+	}
 	sc.prepared = st
 	ms := []message{{typ: MsgStrategy, value: uint64(st)}}
 	switch st {
