@@ -110,6 +110,7 @@ func run(o options) error {
 		return err
 	}
 	mach := report.DescribeMachine()
+	loadStart := report.LoadAvg()
 	tb, err := netns.Build(netns.Topology{Clients: 1, Nodes: 2, PodsPerNode: 1})
 	if err != nil {
 		return fmt.Errorf("build testbed: %w", err)
@@ -193,6 +194,7 @@ func run(o options) error {
 	log.Printf("matrix: %s", s.plan.Note)
 
 	s.elapsed = time.Since(start)
+	s.load = [2]string{loadStart, report.LoadAvg()}
 	return s.write()
 }
 
@@ -288,6 +290,7 @@ type summary struct {
 	xdpBench  string
 	costs     []dpbench.Cost
 	genNotes  []string
+	load      [2]string // /proc/loadavg at the start and the end
 	costErr   []string
 	bl        []*blCell
 	blNote    string
@@ -457,7 +460,7 @@ func (s *summary) markdown() string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# steerd benchmarks\n\nRun started %s, took %s (budget %s).\n\n", s.started.UTC().Format(time.RFC3339), s.elapsed.Round(time.Second), s.o.budget)
-	w("## Machine\n\n%s\n", s.mach.Markdown())
+	w("## Machine\n\n%s- load average (1/5/15 min) at the start: %s; at the end: %s (the machine is shared: other work running during the run shows here and slows every number)\n\n", s.mach.Markdown(), s.load[0], s.load[1])
 	w("%s", s.headline())
 	w("## Method\n\n")
 	w("- Testbed: tests/netns, 1 client, 2 edge nodes, 1 pod per node (addresses in docs/architecture.md); the service moves from pod 0 of node 0 (198.19.0.1) to pod 0 of node 1 (198.19.1.1).\n")

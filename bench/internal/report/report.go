@@ -145,3 +145,18 @@ func BarChart(path, title, ylabel, valueName, topName string, bars []Bar) error 
 	}
 	return nil
 }
+
+// LoadAvg returns the first three fields of /proc/loadavg (1, 5 and 15 minute load averages:
+// runnable and uninterruptible tasks), or "unavailable". The machine is shared, so the summary
+// records the load other work put on it at the start and the end of a run.
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unavailable"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unavailable"
+	}
+	return strings.Join(f[:3], " ")
+}
