@@ -106,6 +106,13 @@ type Config struct {
 	// containers: steerd only steers; Run and Migrate fail in the engine phases). Default: "runc"
 	// when runc and criu are in PATH, else "none".
 	Runtime string `json:"runtime,omitempty"`
+	// MaxUDPPayload is the largest UDP payload the services send (bytes; their QUIC packet size,
+	// quic-go Config.InitialPacketSize with DisablePathMTUDiscovery); 0: 1452
+	// (datapath.DefaultMaxUDPPayload, a 1500-byte IPv4 path). Forwarded packets carry it inside
+	// an inner IPv6 header (40 bytes) plus UDP (8) and the node-to-node encapsulation (28 bytes
+	// over IPv4, 48 over IPv6), so the uplink MTU must be at least MaxUDPPayload + 76 (IPv4
+	// peers) or + 96 (IPv6 peers); steerd refuses to start otherwise (docs/operations.md, "MTU").
+	MaxUDPPayload int `json:"max_udp_payload,omitempty"`
 }
 
 // DefaultTunnelPort is the UDP port of the node-to-node tunnel when a config gives none.
@@ -197,6 +204,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.PKIDir == "" {
 		return bad("pki_dir is required")
+	}
+	if c.MaxUDPPayload != 0 && (c.MaxUDPPayload < 1200 || c.MaxUDPPayload > 65527) {
+		return bad("max_udp_payload %d: want 1200..65527 bytes (QUIC needs 1200, RFC 9000 section 14)", c.MaxUDPPayload)
 	}
 	seen := map[string]bool{}
 	inst := map[uint64]string{}

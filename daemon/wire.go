@@ -34,7 +34,7 @@ func OpenXDP(cfg *Config) (*XDP, error) {
 	}
 	dp, err := datapath.Open(datapath.Config{
 		Uplink: cfg.Uplink, NodeAddrs: addrs, TunnelPort: cfg.TunnelPort,
-		CID: connid.DefaultConfig(cfg.ServerIDLen, cfg.NonceLen),
+		CID: connid.DefaultConfig(cfg.ServerIDLen, cfg.NonceLen), MaxUDPPayload: cfg.MaxUDPPayload,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open datapath on %s: %w", cfg.Uplink, err)
@@ -44,11 +44,38 @@ func OpenXDP(cfg *Config) (*XDP, error) {
 		id := datapath.PeerID(i + 1)
 		if err := dp.AddPeer(id, datapath.Peer{Addr: p.Address}); err != nil {
 			dp.Close()
-			return nil, fmt.Errorf("add peer %s: %w", p.Name, err)
+			if errors.Is(err, datapath.ErrMTU) {
+				return nil, mtuError(cfg, p, dp.UplinkMTU())
+			}
+			return nil, fmt.Errorf("add peer %s (%s): %w", p.Name, p.Address, err)
 		}
 		x.peers[p.Name] = id
 	}
 	return x, nil
+}
+
+// mtuError explains an uplink MTU too small for forwarding full-size service packets to peer p:
+// the MTU the path needs, and the largest service UDP payload that fits the current MTU (QUIC
+// needs at least 1200 bytes, RFC 9000 section 14). The error wraps datapath.ErrMTU.
+func mtuError(cfg *Config, p PeerDef, mtu int) error {
+	payload := cfg.MaxUDPPayload
+	if payload == 0 {
+		payload = datapath.DefaultMaxUDPPayload
+	}
+	overhead, family := datapath.Encap4Overhead, "IPv4"
+	if !p.Address.Unmap().Is4() {
+		overhead, family = datapath.Encap6Overhead, "IPv6"
+	}
+	const inner = 40 + 8 // inner IPv6 + UDP header
+	need := payload + inner + overhead
+	fits := mtu - inner - overhead
+	fix := fmt.Sprintf("or cap the services' QUIC packets at %d bytes of UDP payload (quic-go Config.InitialPacketSize = %d with DisablePathMTUDiscovery = true in the service) and set max_udp_payload %d (steerd --max-udp-payload %d)",
+		fits, fits, fits, fits)
+	if fits < 1200 {
+		fix = fmt.Sprintf("(capping the services' packets is no option: %d bytes of UDP payload would fit, QUIC needs 1200)", fits)
+	}
+	return fmt.Errorf("add peer %s (%s): uplink %s has MTU %d, but forwarding a %d-byte service UDP payload to it needs %d (%d inner IPv6+UDP + %d %s encapsulation): raise the MTU of the path between the nodes (uplink and every hop to %s) to %d, %s: %w",
+		p.Name, p.Address, cfg.Uplink, mtu, payload, need, inner, overhead, family, p.Name, need, fix, datapath.ErrMTU)
 }
 
 func (x *XDP) service(instance uint64) (ServiceDef, []netip.AddrPort, bool) {

@@ -58,6 +58,7 @@ type flags struct {
 	logFormat, logLevel                                                                      string
 	services, peers                                                                          []string
 	noDatapath                                                                               bool
+	maxUDPPayload                                                                            int
 }
 
 func newRoot(ctx context.Context) *cobra.Command {
@@ -119,6 +120,7 @@ Examples:
 	fl.StringArrayVar(&f.services, "service", nil, "service: name=N,port=P,instance=I,pod4=A,pod6=A[,pod_port=P][,bundle=DIR]")
 	fl.StringArrayVar(&f.peers, "peer", nil, "peer: name=N,addr=A[,port=P][,ipv4=A][,ipv6=A]")
 	fl.BoolVar(&f.noDatapath, "no-datapath", false, "run without the XDP datapath (control plane only)")
+	fl.IntVar(&f.maxUDPPayload, "max-udp-payload", 0, "largest UDP payload the services send, in bytes (default 1452; the uplink MTU must be at least this + 76, or + 96 with IPv6 peers)")
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -168,6 +170,9 @@ func buildConfig(cmd *cobra.Command, f *flags) (*daemon.Config, error) {
 	set("runtime", &cfg.Runtime, f.runtime)
 	if cmd.Flags().Changed("no-datapath") {
 		cfg.NoDatapath = f.noDatapath
+	}
+	if cmd.Flags().Changed("max-udp-payload") {
+		cfg.MaxUDPPayload = f.maxUDPPayload
 	}
 	for _, a := range []struct {
 		flag, v string

@@ -61,6 +61,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--node", "n0", "--uplink", "eth0", "--pki-dir", "/x"}, "no public address"},
 		{[]string{"--node", "n0", "--no-datapath", "--ipv4", "1.2.3.4", "--pki-dir", "/x", "--log-format", "xml"}, "--log-format"},
 		{[]string{"demo", "--technique", "warp"}, "--technique"},
+		{[]string{"--node", "n0", "--no-datapath", "--ipv4", "1.2.3.4", "--pki-dir", "/x", "--max-udp-payload", "900"}, "max_udp_payload 900: want 1200..65527"},
 	} {
 		code, _, errOut := steerd(context.Background(), tc.args...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {
