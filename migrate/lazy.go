@@ -219,7 +219,7 @@ const lazySocket = "lazy-pages.socket"
 // pages from pageServer, and waits until its socket exists.
 func (e *Engine) startLazyDaemon(ctx context.Context, dir, work string, pageServer netip.AddrPort) (*lazyDaemon, error) {
 	cmd := exec.Command(e.cfg.Criu, "lazy-pages", "--page-server", "--address", pageServer.Addr().String(),
-		"--port", strconv.Itoa(int(pageServer.Port())), "-D", dir, "-W", work, "-o", "lazy-pages.log", "-v4")
+		"--port", strconv.Itoa(int(pageServer.Port())), "-D", dir, "-W", work, "-o", "lazy-pages.log")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	d := &lazyDaemon{cmd: cmd, log: filepath.Join(work, "lazy-pages.log"), done: make(chan struct{})}
 	if err := e.start(cmd); err != nil {

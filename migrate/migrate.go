@@ -109,14 +109,16 @@ func (r *Report) String() string {
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
 // Migrate moves container id from src to dst with opts.Technique and returns the phase
-// breakdown. Only Cold can run on a kernel without soft-dirty tracking and without
-// CAP_SYS_RESOURCE; other techniques fail at once with ErrTechniqueUnsupported.
+// breakdown. Cold and PostCopy run here; PreCopy and Hybrid fail at once with
+// ErrTechniqueUnsupported on a kernel without soft-dirty tracking.
 //
-// Cold: BeforeFreeze, pause, CRIU dump with --leave-running (the paused source stays for
-// rollback), transfer, restore on dst, AfterRestore, then the source container is deleted.
-// When dump, transfer, restore or AfterRestore fails, dst is cleaned (no runc state, pod
-// namespace, veth, bundle or image left) and the paused source is resumed; the error is a
-// *PhaseError naming the phase and node.
+// Both create the destination pod before the freeze (PreparePod). Cold: BeforeFreeze, pause,
+// CRIU dump with --leave-running (the paused source stays for rollback), transfer, restore on dst,
+// AfterRestore, then the source container is deleted. PostCopy: BeforeFreeze, lazy dump
+// (CheckpointLazy, CRIU freezes), transfer of the small image, RestoreLazy, AfterRestore, then it
+// waits for every lazy page (Report.LazyPages) before the source is deleted. When a phase fails,
+// dst is cleaned first (no runc state, pod namespace, veth, bundle, image or lazy-pages daemon
+// left), then the source is resumed; the error is a *PhaseError naming the phase and node.
 func Migrate(ctx context.Context, src, dst *Engine, id string, opts Options) (*Report, error) {
 	start := time.Now()
 	rep := &Report{ID: id, From: src.Node(), To: dst.Node(), Technique: opts.Technique}
