@@ -26,7 +26,7 @@ type ControlServer struct {
 // mode 0600, a stale socket replaced) and serves the daemon's control API on it.
 func (d *Daemon) ListenControl(path string) (*ControlServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create control socket directory: %w", err)
+		return nil, fmt.Errorf("create control socket directory: %w%s", err, permissionHint(err))
 	}
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&os.ModeSocket == 0 {

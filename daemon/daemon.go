@@ -124,7 +124,7 @@ func New(cfg *Config, deps Deps) (*Daemon, error) {
 		d.services[s.Name] = &service{def: s, state: StateStopped}
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("new daemon: %w", err)
+		return nil, fmt.Errorf("new daemon: %w%s", err, permissionHint(err))
 	}
 	return d, nil
 }

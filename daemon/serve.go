@@ -35,6 +35,9 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if err := CheckPrivileges(o.Datapath == nil && !cfg.NoDatapath, o.Engine == nil && cfg.Runtime == "runc"); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	node, err := pki.LoadNode(cfg.PKIDir, cfg.Node)
 	if err != nil {
 		return fmt.Errorf("serve: node certificate: %w", err)
