@@ -54,7 +54,7 @@
 #define QUIC_V2 0x6b3343cf /* RFC 9369 */
 
 /* steer_reason indexes the per-CPU counters map. The Go mirror is
- * datapath.Reason; datapath/reason_test.go checks both stay in sync through BTF.
+ * datapath.Reason; datapath/layout_test.go (TestReasonsMatchC) checks both stay in sync through BTF.
  * Append only: the numbers are an ABI with pinned maps. */
 enum steer_reason {
 	R_LOCAL = 0,               /* delivered (redirected) to a local pod veth */
@@ -76,6 +76,7 @@ enum steer_reason {
 	R_DROP_NO_FAMILY,          /* instance or node has no address of the needed family */
 	R_DROP_PEER_UNREACHABLE,   /* outer packet: peer unknown, no route or no neighbour */
 	R_DROP_ERROR,              /* helper failure (bpf_xdp_adjust_head/tail) */
+	R_DROP_DECAP_NOT_SERVICE,  /* decapsulated packet whose inner destination is no service address */
 	R_MAX,
 };
 

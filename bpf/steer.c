@@ -76,8 +76,17 @@ static __always_inline int steer_quic(struct xdp_md *ctx, struct pkt *p, int fro
 	sk.port = bpf_ntohs(p->udp->dest);
 	sk.family = p->family;
 	svc = bpf_map_lookup_elem(&services, &sk);
-	if (!svc && !from_tunnel)
+	if (!svc) {
+		/* A decapsulated packet is delivered only to a service address
+		 * of the cluster (this node's or a peer's public address, which
+		 * the daemon installs): the tunnel carries no authentication, so
+		 * a spoofed peer source must not make this node answer from an
+		 * arbitrary address (xdp_pod SNATs replies to the clients entry
+		 * written below). See docs/datapath.md "Tunnel trust". */
+		if (from_tunnel)
+			return verdict(R_DROP_DECAP_NOT_SERVICE, XDP_DROP);
 		return verdict(R_PASS_NOT_SERVICE, XDP_PASS);
+	}
 
 	if (parse_quic(p, data_end, &q))
 		return verdict(from_tunnel ? undeliverable : R_DROP_MALFORMED, XDP_DROP);
@@ -86,7 +95,7 @@ static __always_inline int steer_quic(struct xdp_md *ctx, struct pkt *p, int fro
 		if (inst && inst->kind == INSTANCE_NONE)
 			inst = NULL;
 	}
-	if (!inst && q.initial && svc) {
+	if (!inst && q.initial) {
 		if (svc->flags & SVC_HAS_DEFAULT) {
 			__u64 id = svc->default_instance;
 

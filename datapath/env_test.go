@@ -148,6 +148,9 @@ func newEnv(t testing.TB) *env {
 	must(dp.SetLocal(instNoNeigh, LocalTarget{HostIfindex: e.hvIx, Pod4: netip.MustParseAddr("198.19.0.4"), PodPort: podPort}), "set local")
 	must(dp.SetRemote(instRemote4, 1), "set remote")
 	must(dp.SetRemote(instRemote6, 2), "set remote")
+	// peer1's public address of the service too, as the daemon installs it for forwarded
+	// Initials: decapsulated packets are delivered only to the cluster's service addresses.
+	must(dp.AddService(Service{Public: netip.AddrPortFrom(peer1, svcPort), DefaultInstance: instLocal, HasDefault: true}), "add service")
 	for _, a := range []netip.Addr{node4, node6} {
 		must(dp.AddService(Service{Public: netip.AddrPortFrom(a, svcPort), DefaultInstance: instLocal, HasDefault: true}), "add service")
 		must(dp.AddService(Service{Public: netip.AddrPortFrom(a, fbPort), FallbackPeer: 1, HasFallback: true}), "add service")

@@ -73,7 +73,9 @@ func TestNetnsForwardAndReply(t *testing.T) {
 	for _, addr := range []netip.Addr{a.IPv4, a.IPv6} {
 		must(dpA.AddService(Service{Public: netip.AddrPortFrom(addr, svcPort), FallbackPeer: 2, HasFallback: true}))
 	}
-	for _, addr := range []netip.Addr{b.IPv4, b.IPv6} {
+	// B delivers decapsulated packets only to service addresses of the cluster: its own and
+	// A's public addresses (the daemon installs both, daemon/wire.go SetLocal).
+	for _, addr := range []netip.Addr{b.IPv4, b.IPv6, a.IPv4, a.IPv6} {
 		must(dpB.AddService(Service{Public: netip.AddrPortFrom(addr, svcPort), DefaultInstance: inst, HasDefault: true}))
 	}
 	must(dpB.SetLocal(inst, LocalTarget{HostIfindex: p.HostIndex, Pod4: p.IPv4, Pod6: p.IPv6, PodPort: podPort,

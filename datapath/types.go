@@ -136,7 +136,7 @@ func addrFrom16(b [16]byte, family uint8) netip.Addr {
 type Reason uint32
 
 // Counter reasons. The values are an ABI with the C enum (append only);
-// reason_test.go checks both through BTF.
+// layout_test.go (TestReasonsMatchC) checks both through BTF.
 const (
 	ReasonLocal                  Reason = iota // delivered (redirected) to a local pod veth
 	ReasonForwarded                            // encapsulated to the peer that hosts the instance
@@ -157,6 +157,7 @@ const (
 	ReasonDropNoFamily                         // instance or node lacks an address of the family
 	ReasonDropPeerUnreachable                  // peer unknown, or no route/neighbour to it
 	ReasonDropError                            // helper failure
+	ReasonDropDecapNotService                  // decapsulated packet whose inner destination is no service address
 	reasonMax
 )
 
@@ -181,6 +182,7 @@ var reasonNames = [...]string{
 	ReasonDropNoFamily:           "R_DROP_NO_FAMILY",
 	ReasonDropPeerUnreachable:    "R_DROP_PEER_UNREACHABLE",
 	ReasonDropError:              "R_DROP_ERROR",
+	ReasonDropDecapNotService:    "R_DROP_DECAP_NOT_SERVICE",
 }
 
 // Reasons returns all counter reasons in order.

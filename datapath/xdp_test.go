@@ -138,6 +138,13 @@ func TestSteerTable(t *testing.T) {
 	decapRemote := fromPeer(peer1, r4[14:])
 	unknownPeer := eth(macUplink, macRouter, 0x0800, ipv4(ip4h{src: netip.MustParseAddr("198.18.29.2"), dst: node4, ttl: 64, proto: 17},
 		udp(netip.MustParseAddr("198.18.29.2"), node4, 1, tunnelPort, l4[14:], true)))
+	// Spoofed tunnel packets (adversarial finding): outer source a peer, inner destination
+	// no service address of the cluster. Must be dropped after decapsulation.
+	foreign := netip.MustParseAddr("198.18.99.1")
+	spoofed := fromClient(client4, foreign, 9, quicPayload)
+	spoofedPort := fromClient(client4, node4, 9, quicPayload)
+	spoofed6 := fromClient(client6, netip.MustParseAddr("2001:2:0:99::1"), svcPort, quicPayload)
+	viaPeerAddr := fromClient(client4, peer1, svcPort, quicPayload)
 	cases := []xdpCase{
 		{"v4 short local", l4, xdpRedirect, toPod(client4, pod4, quicPayload), map[Reason]uint64{ReasonLocal: 1}},
 		{"v6 short local", l6, xdpRedirect, toPod(client6, pod6, quicPayload), map[Reason]uint64{ReasonLocal: 1}},
@@ -170,6 +177,14 @@ func TestSteerTable(t *testing.T) {
 		{"decap v6 outer v4 inner to local", fromPeer(peer2, l4[14:]), xdpRedirect, toPod(client4, pod4, quicPayload), map[Reason]uint64{ReasonDecapsulated: 1, ReasonLocal: 1}},
 		{"decap initial to default", fromPeer(peer1, fromClient(client4, node4, svcPort, initial)[14:]), xdpRedirect, toPod(client4, pod4, initial), map[Reason]uint64{ReasonDecapsulated: 1, ReasonLocal: 1}},
 		{"decap never re-forwards", decapRemote, xdpDrop, eth(macUplink, macRouter, 0x0800, r4[14:]), map[Reason]uint64{ReasonDecapsulated: 1, ReasonDropDecapUndeliverable: 1}},
+		{"decap inner destination not a service", fromPeer(peer1, spoofed[14:]), xdpDrop, eth(macUplink, macRouter, 0x0800, spoofed[14:]),
+			map[Reason]uint64{ReasonDecapsulated: 1, ReasonDropDecapNotService: 1}},
+		{"decap inner service address, other port", fromPeer(peer1, spoofedPort[14:]), xdpDrop, eth(macUplink, macRouter, 0x0800, spoofedPort[14:]),
+			map[Reason]uint64{ReasonDecapsulated: 1, ReasonDropDecapNotService: 1}},
+		{"decap v6 inner destination not a service", fromPeer(peer2, spoofed6[14:]), xdpDrop, eth(macUplink, macRouter, 0x86dd, spoofed6[14:]),
+			map[Reason]uint64{ReasonDecapsulated: 1, ReasonDropDecapNotService: 1}},
+		{"decap inner destination a peer's service address", fromPeer(peer1, viaPeerAddr[14:]), xdpRedirect, toPod(client4, pod4, quicPayload),
+			map[Reason]uint64{ReasonDecapsulated: 1, ReasonLocal: 1}},
 		{"tunnel port from unknown peer", unknownPeer, xdpPass, nil, map[Reason]uint64{ReasonPassNotService: 1}},
 		{"v4 MF fragment", frag(0x2000), xdpPass, nil, map[Reason]uint64{ReasonPassFragment: 1}},
 		{"v4 offset fragment", frag(0x0010), xdpPass, nil, map[Reason]uint64{ReasonPassFragment: 1}},
@@ -372,5 +387,30 @@ func TestDeliverRecordsClientAndStats(t *testing.T) {
 	}
 	if p2, _, _ := e.dp.InstanceStats(instLocal); p2 != p1 {
 		t.Errorf("packets after SetRemote = %d, want %d", p2, p1)
+	}
+}
+
+// TestDecapSpoofedDestinationLeavesNoClient checks the adversarial finding end to end at the
+// map level: a tunnel packet whose outer source is a peer and whose inner packet goes to an
+// address that is no service of the cluster must not reach the pod and must not create a
+// clients entry (xdp_pod would SNAT the pod's reply to that foreign address).
+func TestDecapSpoofedDestinationLeavesNoClient(t *testing.T) {
+	e := newEnv(t)
+	foreign := netip.MustParseAddr("198.18.99.1")
+	const sport = 40300
+	inner := eth(macUplink, macRouter, 0x0800, ipv4(ip4(client4, foreign, 60), udp(client4, foreign, sport, 9, quicPayload, false)))
+	p0, _, err := e.dp.InstanceStats(instLocal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := e.run(t, e.dp.Objects().Steer, e.upIx, fromPeer(peer1, inner[14:])); v != xdpDrop {
+		t.Errorf("verdict = %d, want XDP_DROP", v)
+	}
+	ck, cf := addr16(client4)
+	if v, err := e.dp.Maps().Clients.Lookup(ClientKey{Addr: ck, Port: sport, Family: cf}); err == nil {
+		t.Errorf("clients entry written for a spoofed tunnel packet: %s", netip.AddrPortFrom(addrFrom16(v.Addr, v.Family), v.Port))
+	}
+	if p1, _, _ := e.dp.InstanceStats(instLocal); p1 != p0 {
+		t.Errorf("instance packets %d -> %d: the spoofed packet was steered", p0, p1)
 	}
 }

@@ -12,6 +12,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -34,6 +35,9 @@ var (
 	ErrOptions = errors.New("invalid loader options")
 	// ErrNotBPFFS reports a pin directory that is not on a bpf filesystem.
 	ErrNotBPFFS = errors.New("not on a bpf filesystem")
+	// ErrPinIncompatible reports a pinned map whose type, key, value or size
+	// differs from the compiled object's (a pin directory of another version).
+	ErrPinIncompatible = errors.New("pinned map incompatible with the program")
 )
 
 // Options are the load-time constants (const volatile globals in bpf/*.c)
@@ -169,9 +173,12 @@ func Load(opts Options) (*Objects, error) {
 		return nil, err
 	}
 
-	var pinned map[string]*ebpf.Map
+	var (
+		pinned  map[string]*ebpf.Map
+		missing []string
+	)
 	if opts.PinDir != "" {
-		pinned, err = loadPinned(opts.PinDir)
+		pinned, missing, err = loadPinned(opts.PinDir, spec)
 		if err != nil {
 			return nil, err
 		}
@@ -240,6 +247,15 @@ func Load(opts Options) (*Objects, error) {
 			o.Close()
 			return nil, err
 		}
+	} else if opts.PinDir != "" {
+		// An existing directory lacked these maps (added by a newer
+		// version, or replaced because their layout changed).
+		for _, n := range missing {
+			if err := shared[n].Pin(filepath.Join(opts.PinDir, n)); err != nil {
+				o.Close()
+				return nil, fmt.Errorf("pin map %s: %w", n, err)
+			}
+		}
 	}
 	return o, nil
 }
@@ -293,21 +309,47 @@ func EnsureBPFFS(mountpoint string) error {
 	return nil
 }
 
-// loadPinned returns the maps pinned in dir, or nil when dir does not exist.
-func loadPinned(dir string) (map[string]*ebpf.Map, error) {
+// loadPinned returns the maps pinned in dir that are compatible with spec
+// (nil when dir does not exist) and the names of the maps the loader must
+// create and pin there. A map missing from dir (added by a newer version) is
+// created. The counters map is recreated when its size changed (a new
+// enum steer_reason value; the old counts are lost, a warning is logged);
+// any other incompatible map fails with an error wrapping ErrPinIncompatible,
+// since its entries are routing state (remove the directory with Unpin).
+func loadPinned(dir string, spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, []string, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	out := make(map[string]*ebpf.Map, len(mapNames))
+	var missing []string
 	for _, n := range mapNames {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, n), nil)
+		path := filepath.Join(dir, n)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			missing = append(missing, n)
+			continue
+		}
 		if err != nil {
 			closePinned(out)
-			return nil, fmt.Errorf("load pinned map %s: %w", n, err)
+			return nil, nil, fmt.Errorf("load pinned map %s: %w", n, err)
+		}
+		if cerr := spec.Maps[n].Compatible(m); cerr != nil {
+			m.Close()
+			if n != "counters" {
+				closePinned(out)
+				return nil, nil, fmt.Errorf("load pinned map %s: %w: %w", n, ErrPinIncompatible, cerr)
+			}
+			slog.Warn("loader: pinned counters map has another size, recreating it (counts reset)", "dir", dir, "err", cerr)
+			if err := os.Remove(path); err != nil {
+				closePinned(out)
+				return nil, nil, fmt.Errorf("replace pinned map %s: %w", n, err)
+			}
+			missing = append(missing, n)
+			continue
 		}
 		out[n] = m
 	}
-	return out, nil
+	return out, missing, nil
 }
 
 func closePinned(m map[string]*ebpf.Map) {

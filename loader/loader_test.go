@@ -84,8 +84,9 @@ func TestLoadRejectsOptions(t *testing.T) {
 	}
 }
 
-func TestPinReuse(t *testing.T) {
-	requireBPF(t)
+// bpffsDir mounts a private bpffs and returns the pin directory of the test's network namespace in it.
+func bpffsDir(t *testing.T) string {
+	t.Helper()
 	root := t.TempDir()
 	if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
 		t.Skipf("skip: missing capability: mount bpffs: %v", err)
@@ -95,6 +96,13 @@ func TestPinReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+func TestPinReuse(t *testing.T) {
+	requireBPF(t)
+	dir := bpffsDir(t)
+	root := filepath.Dir(dir)
 	opts := testOptions()
 	opts.PinDir = dir
 	o1, err := Load(opts)
@@ -128,6 +136,78 @@ func TestPinReuse(t *testing.T) {
 	}
 	if got[0] != 1 {
 		t.Errorf("instance kind = %d, want 1", got[0])
+	}
+	if err := Unpin(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// replacePin pins a hash/array map of the given shape at dir/name instead of the loader's.
+func replacePin(t *testing.T, dir, name string, spec *ebpf.MapSpec) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPinUpgrade checks what Load does with a pin directory of another version: a counters
+// map of another size (a new steer_reason) is recreated, routing state kept; a missing map is
+// created and pinned; an incompatible routing map fails with ErrPinIncompatible.
+func TestPinUpgrade(t *testing.T) {
+	requireBPF(t)
+	dir := bpffsDir(t)
+	opts := testOptions()
+	opts.PinDir = dir
+	o1, err := Load(opts)
+	if err != nil {
+		t.Fatalf("first load: %v", err)
+	}
+	want := o1.Maps.Counters.MaxEntries()
+	val := make([]byte, o1.Maps.Instances.ValueSize())
+	val[0] = 2
+	if err := o1.Maps.Instances.Put(uint64(7), val); err != nil {
+		t.Fatal(err)
+	}
+	o1.Close()
+
+	replacePin(t, dir, "counters", &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: want - 2})
+	if err := os.Remove(filepath.Join(dir, "egress")); err != nil {
+		t.Fatal(err)
+	}
+	o2, err := Load(opts)
+	if err != nil {
+		t.Fatalf("load over an older pin dir: %v", err)
+	}
+	if got := o2.Maps.Counters.MaxEntries(); got != want {
+		t.Errorf("counters max entries = %d, want %d", got, want)
+	}
+	got := make([]byte, len(val))
+	if err := o2.Maps.Instances.Lookup(uint64(7), &got); err != nil || got[0] != 2 {
+		t.Errorf("instances entry not kept: %v %v", got[0], err)
+	}
+	o2.Close()
+	for _, n := range []string{"counters", "egress"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, n), nil)
+		if err != nil {
+			t.Fatalf("%s not re-pinned: %v", n, err)
+		}
+		if n == "counters" && m.MaxEntries() != want {
+			t.Errorf("pinned counters max entries = %d, want %d", m.MaxEntries(), want)
+		}
+		m.Close()
+	}
+
+	replacePin(t, dir, "instances", &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 16})
+	if _, err := Load(opts); !errors.Is(err, ErrPinIncompatible) {
+		t.Errorf("load with an incompatible instances map: %v, want ErrPinIncompatible", err)
 	}
 	if err := Unpin(dir); err != nil {
 		t.Fatal(err)

@@ -95,7 +95,8 @@ const (
 	podSteerReasonR_DROP_NO_FAMILY           podSteerReason = 16
 	podSteerReasonR_DROP_PEER_UNREACHABLE    podSteerReason = 17
 	podSteerReasonR_DROP_ERROR               podSteerReason = 18
-	podSteerReasonR_MAX                      podSteerReason = 19
+	podSteerReasonR_DROP_DECAP_NOT_SERVICE   podSteerReason = 19
+	podSteerReasonR_MAX                      podSteerReason = 20
 )
 
 type podSvcKey struct {

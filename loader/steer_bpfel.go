@@ -103,7 +103,8 @@ const (
 	steerSteerReasonR_DROP_NO_FAMILY           steerSteerReason = 16
 	steerSteerReasonR_DROP_PEER_UNREACHABLE    steerSteerReason = 17
 	steerSteerReasonR_DROP_ERROR               steerSteerReason = 18
-	steerSteerReasonR_MAX                      steerSteerReason = 19
+	steerSteerReasonR_DROP_DECAP_NOT_SERVICE   steerSteerReason = 19
+	steerSteerReasonR_MAX                      steerSteerReason = 20
 )
 
 type steerSvcKey struct {

@@ -229,10 +229,11 @@ func TestTunnelFromNonPeer(t *testing.T) {
 // authentication; any host on the path, or any host when the network does not filter source
 // addresses, can do this). The inner packet is addressed to 198.18.99.1:9, which is no service
 // address of any node. Decapsulation forbids forwarding, but not delivering an inner packet
-// whose destination is arbitrary: n0 records clients[client] = 198.18.99.1:9 and its pod's
-// answer leaves n0 with source 198.18.99.1:9 (xdp_pod SNAT). Expected: a decapsulated packet
-// is delivered only when its inner destination is a service address of the cluster
-// (drop_decap_undeliverable otherwise), so a node never emits packets from foreign addresses.
+// whose destination is arbitrary: n0 recorded clients[client] = 198.18.99.1:9 and its pod's
+// answer left n0 with source 198.18.99.1:9 (xdp_pod SNAT). Fixed: a decapsulated packet is
+// delivered only when its inner destination is a service address of the cluster (services
+// map), else dropped and counted drop_decap_not_service (docs/datapath.md "Tunnel trust"), so
+// a node never emits packets from foreign addresses.
 func TestTunnelInnerDestination(t *testing.T) {
 	c := cluster(t)
 	cl := c.TB.Clients[0]
@@ -267,7 +268,13 @@ func TestTunnelInnerDestination(t *testing.T) {
 			bad = append(bad, a)
 		}
 	}
-	if len(bad) > 0 || d["local"] > 0 && d["drop_decap_undeliverable"] == 0 {
-		t.Skipf("known bug: decapsulation delivers inner packets to any destination; n0 answered from %v (deltas %v)", bad, d)
+	if len(bad) > 0 {
+		t.Errorf("n0 answered a spoofed tunnel packet from the foreign address: %v", bad)
+	}
+	if d["local"] != 0 {
+		t.Errorf("local +%d: the inner packet to %s was delivered to the pod", d["local"], foreign)
+	}
+	if d["drop_decap_not_service"] != 1 {
+		t.Errorf("drop_decap_not_service +%d, want +1", d["drop_decap_not_service"])
 	}
 }
