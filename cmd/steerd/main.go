@@ -80,7 +80,9 @@ Examples:
       --pki-dir /etc/steerd/pki \
       --service name=kv,port=4433,instance=7,pod4=198.19.0.1,pod6=2001:2:0:ff::1,bundle=/srv/kv \
       --peer name=n1,addr=198.18.21.2,ipv6=2001:2:0:21::2
-  ip netns exec stdr-n0 steerd --config n0.json --log-format json
+  nsenter --net=/var/run/netns/stdr-n0 steerd --config n0.json --log-format json
+      # a node in a network namespace: enter only the netns ('ip netns exec' also
+      # remounts /sys, which hides /sys/fs/cgroup from runc)
   steerd demo                      # the end-to-end demo (make demo)`,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -33,10 +33,13 @@ func steerd(ctx context.Context, args ...string) (int, string, string) {
 
 func TestHelp(t *testing.T) {
 	code, out, _ := steerd(context.Background(), "--help")
-	for _, w := range []string{"Examples:", "steerd --config /etc/steerd/n0.json", "--service", "--peer", "demo"} {
+	for _, w := range []string{"Examples:", "steerd --config /etc/steerd/n0.json", "--service", "--peer", "demo", "nsenter --net=/var/run/netns/", "--max-udp-payload"} {
 		if code != 0 || !strings.Contains(out, w) {
 			t.Errorf("steerd --help (exit %d) lacks %q", code, w)
 		}
+	}
+	if strings.Contains(out, "ip netns exec stdr") {
+		t.Errorf("steerd --help recommends ip netns exec (hides /sys/fs/cgroup from runc)")
 	}
 	code, out, _ = steerd(context.Background(), "demo", "--help")
 	for _, w := range []string{"Examples:", "make demo", "Explicit-reactive", "--technique"} {
