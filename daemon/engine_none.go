@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/steerd/steerd/api"
 )
 
 // ErrNoEngine is returned by NoEngine: the node has no container engine.
@@ -35,6 +37,11 @@ func (NoEngine) Complete(_ context.Context, s string) error {
 // Restore implements Engine.
 func (NoEngine) Restore(_ context.Context, r RestoreRequest) (EngineReport, error) {
 	return EngineReport{}, fmt.Errorf("restore %s: %w", r.Service, ErrNoEngine)
+}
+
+// Supports implements TechniqueChecker: no technique works without an engine.
+func (NoEngine) Supports(_ context.Context, t api.Technique) error {
+	return fmt.Errorf("migrate with %s: %w", t, ErrNoEngine)
 }
 
 // Remove implements Engine: there is nothing to remove.

@@ -160,6 +160,12 @@ func (e *fakeEngine) get(svc string) string {
 	return e.state[svc]
 }
 
+// Supports implements TechniqueChecker: the failure set as "supports.<technique>".
+func (e *fakeEngine) Supports(ctx context.Context, t api.Technique) error {
+	e.c.add(e.node, "engine.supports(%s)", t)
+	return e.f.get("supports." + string(t))
+}
+
 func (e *fakeEngine) Run(ctx context.Context, s ContainerSpec) error {
 	e.c.add(e.node, "engine.run(%s)", s.Name)
 	e.set(s.Name, "running")

@@ -87,6 +87,9 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	if _, err := api.ParseTechnique(string(req.Technique)); err != nil {
 		return verr(fmt.Errorf("%w: %w", ErrBadRequest, err))
 	}
+	if err := d.checkTechnique(ctx, req.Technique); err != nil {
+		return verr(err)
+	}
 	strategy, err := api.ParseStrategy(req.Strategy)
 	if err != nil {
 		return verr(fmt.Errorf("%w: %w", ErrBadRequest, err))

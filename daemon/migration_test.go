@@ -47,6 +47,7 @@ func TestMigrationSuccessOrder(t *testing.T) {
 				t.Fatalf("result %s, error %v", m.Result, m.Error)
 			}
 			want := []string{
+				"a:engine.supports(" + string(tech) + ")", // validate
 				"b:pods.create(stdr-test-b-kv)",
 				"a:engine.checkpoint(kv," + string(tech) + ")",
 			}
@@ -297,6 +298,24 @@ func TestMigrateValidation(t *testing.T) {
 		if !errors.As(err, &ae) || ae.Phase != api.PhaseValidate || ae.Node != "a" || !strings.Contains(ae.Cause, tc.want.Error()) {
 			t.Errorf("%+v: error %v, want *api.Error in phase validate naming %q", tc.req, err, tc.want)
 		}
+	}
+	// A technique the engine does not support is refused in validate, before the destination
+	// or the service hear of the migration.
+	c := a.eng.c
+	c.mu.Lock()
+	c.log = nil
+	c.mu.Unlock()
+	a.eng.f.set("supports."+string(api.PostCopy), errors.New("lazy pages need userfaultfd"))
+	_, err := a.d.Migrate(context.Background(), api.MigrateRequest{Service: testSvc, To: "b", Strategy: "symmetric", Technique: api.PostCopy, Wait: true})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Phase != api.PhaseValidate || !strings.Contains(ae.Cause, "technique post-copy on a: lazy pages need userfaultfd") {
+		t.Fatalf("unsupported technique: %v, want a validate error with the engine's reason", err)
+	}
+	if got := c.list(); len(got) != 1 || got[0] != "a:engine.supports(post-copy)" {
+		t.Fatalf("calls for an unsupported technique: %v, want only the engine's check", got)
+	}
+	if st := a.d.Status(); st.Services[0].State != StateRunning || len(a.d.Migrations()) != 0 {
+		t.Fatalf("after the refusal: %+v, %d migrations", st.Services[0], len(a.d.Migrations()))
 	}
 	// A second migration while one runs is refused with ErrBusy.
 	a.ctl.hang = true
