@@ -56,6 +56,16 @@ if [ ! -e /sys/kernel/btf/vmlinux ]; then
 fi
 
 # --- CRIU ----------------------------------------------------------------------------------------
+# Post-copy: CRIU grows its page pipes to 4 MiB with F_SETPIPE_SZ, which above fs.pipe-max-size
+# needs CAP_SYS_RESOURCE (root on some VMs lacks it). Raise the limit, persistently.
+want_pipe=4194304
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt "$want_pipe" ]; then
+	log "raising fs.pipe-max-size to $want_pipe (CRIU lazy pages / page server)"
+	sysctl -qw fs.pipe-max-size=$want_pipe || die "cannot set fs.pipe-max-size: post-copy migration would fail"
+fi
+if [ -d /etc/sysctl.d ] && ! grep -qs "fs.pipe-max-size = $want_pipe" /etc/sysctl.d/60-steerd-criu.conf; then
+	echo "fs.pipe-max-size = $want_pipe" >/etc/sysctl.d/60-steerd-criu.conf
+fi
 mkdir -p /etc/criu
 if ! grep -qx 'network-lock skip' /etc/criu/runc.conf 2>/dev/null; then
 	log "writing 'network-lock skip' to /etc/criu/runc.conf"
@@ -73,7 +83,7 @@ report_features() {
 		log "pre-copy: unavailable: no soft-dirty memory tracking (kernel option CONFIG_MEM_SOFT_DIRTY)"
 	fi
 	if "$c" check --feature uffd-noncoop >/dev/null 2>&1; then
-		log "post-copy (lazy pages): available (userfaultfd)"
+		log "post-copy (lazy pages): available (userfaultfd, fs.pipe-max-size $(cat /proc/sys/fs/pipe-max-size))"
 	else
 		log "post-copy (lazy pages): unavailable: needs userfaultfd with non-cooperative events (CONFIG_USERFAULTFD)"
 	fi
