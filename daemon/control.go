@@ -61,7 +61,7 @@ func httpStatus(err error) int {
 	switch {
 	case errorsIsAny(err, ErrUnknownService, ErrUnknownMig, ErrUnknownPeer):
 		return http.StatusNotFound
-	case errorsIsAny(err, ErrBusy, ErrNotRunning):
+	case errorsIsAny(err, ErrBusy, ErrNotRunning, ErrAlreadyRunning):
 		return http.StatusConflict
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest
@@ -94,7 +94,7 @@ func (d *Daemon) ControlHandler() http.Handler {
 			code = httpStatus(err)
 			if code == http.StatusInternalServerError {
 				// *api.Error flattens the sentinel: map by cause text.
-				for _, s := range []error{ErrUnknownService, ErrUnknownMig, ErrUnknownPeer, ErrBusy, ErrNotRunning, ErrBadRequest} {
+				for _, s := range []error{ErrUnknownService, ErrUnknownMig, ErrUnknownPeer, ErrBusy, ErrNotRunning, ErrAlreadyRunning, ErrBadRequest} {
 					if strings.Contains(ae.Cause, s.Error()) {
 						code = httpStatus(s)
 						break

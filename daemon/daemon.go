@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,9 @@ const (
 	StateRestoring = "restoring" // destination side of a migration in progress
 	StateRemote    = "remote"    // migrated to another node
 )
+
+// ErrAlreadyRunning is returned by Run for a service that already runs on this node.
+var ErrAlreadyRunning = errors.New("service is already running")
 
 // maxMigrations is how many finished migrations a node keeps in memory.
 const maxMigrations = 256
@@ -161,12 +165,16 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 	s, ok := d.services[req.Service]
 	if !ok {
 		d.mu.Unlock()
-		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %q: %w", req.Service, ErrUnknownService))
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %q: %w (configured: %s)", req.Service, ErrUnknownService, d.serviceNames()))
 	}
-	if s.state == StateRunning || s.state == StateMigrating || s.state == StateRestoring {
-		st := s.state
+	switch s.state {
+	case StateRunning:
 		d.mu.Unlock()
-		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w: state %s", req.Service, ErrBusy, st))
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w on %s", req.Service, ErrAlreadyRunning, d.cfg.Node))
+	case StateMigrating, StateRestoring:
+		st, id := s.state, s.migration
+		d.mu.Unlock()
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: %w: %s (migration %s)", req.Service, ErrBusy, st, id))
 	}
 	s.state = StateRestoring // reserve
 	def := s.def
@@ -227,6 +235,18 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 	d.mu.Unlock()
 	d.log.Info("service running", "service", def.Name, "pod", p.NetNS, "instance", def.Instance)
 	return st, nil
+}
+
+// serviceNames lists the configured services for error messages ("none" without any).
+func (d *Daemon) serviceNames() string {
+	var n []string
+	for _, s := range d.cfg.Services {
+		n = append(n, s.Name)
+	}
+	if len(n) == 0 {
+		return "none"
+	}
+	return strings.Join(n, ", ")
 }
 
 func (d *Daemon) setLocal(instance uint64, svc string, t LocalTarget) error {

@@ -27,9 +27,12 @@ type incoming struct {
 	pod        *pod.Pod
 	tl         *timeline
 	prepared   bool // the engine (PodPreparer) created pod at prepare-restore
-	restored   bool // engine.Restore called (a container may exist)
-	local      bool // the datapath delivers the instance here
-	bytes      int64
+	// prevState and prevPeer are the service's state here before the migration (stopped, or
+	// remote on the node it moved to): an aborted migration leaves it as it was.
+	prevState, prevPeer string
+	restored            bool // engine.Restore called (a container may exist)
+	local               bool // the datapath delivers the instance here
+	bytes               int64
 }
 
 // servePeer runs one peer operation from the authenticated node from (destination side).
@@ -128,14 +131,19 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 		s = &service{def: def}
 		d.services[def.Name] = s
 	}
+	prevState, prevPeer := s.state, s.peer
+	if prevState == "" {
+		prevState = StateStopped
+	}
 	s.def, s.state, s.migration, s.peer = def, StateRestoring, q.Migration, ""
-	in := &incoming{id: q.Migration, source: from, def: def, technique: q.Technique, dir: d.imageDir("incoming", q.Migration), tl: tl}
+	in := &incoming{id: q.Migration, source: from, def: def, technique: q.Technique, dir: d.imageDir("incoming", q.Migration), tl: tl,
+		prevState: prevState, prevPeer: prevPeer}
 	d.incoming[q.Migration] = in
 	d.mu.Unlock()
 	fail := func(e error) error {
 		d.mu.Lock()
 		delete(d.incoming, q.Migration)
-		s.state, s.migration = StateStopped, ""
+		s.state, s.migration, s.peer = prevState, "", prevPeer
 		d.mu.Unlock()
 		os.RemoveAll(in.dir)
 		return e
@@ -350,7 +358,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 	}
 	d.mu.Lock()
 	if s, ok := d.services[in.def.Name]; ok && s.migration == q.Migration {
-		s.state, s.migration, s.pod = StateStopped, "", nil
+		s.state, s.migration, s.pod, s.peer = in.prevState, "", nil, in.prevPeer
 	}
 	d.mu.Unlock()
 	err := errors.Join(errs...)

@@ -87,9 +87,6 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	if _, err := api.ParseTechnique(string(req.Technique)); err != nil {
 		return verr(fmt.Errorf("%w: %w", ErrBadRequest, err))
 	}
-	if err := d.checkTechnique(ctx, req.Technique); err != nil {
-		return verr(err)
-	}
 	strategy, err := api.ParseStrategy(req.Strategy)
 	if err != nil {
 		return verr(fmt.Errorf("%w: %w", ErrBadRequest, err))
@@ -113,7 +110,7 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	switch {
 	case !ok:
 		d.mu.Unlock()
-		return verr(ErrUnknownService)
+		return verr(fmt.Errorf("%w (configured: %s)", ErrUnknownService, d.serviceNames()))
 	case s.state != StateRunning:
 		st := s.state
 		d.mu.Unlock()
@@ -125,6 +122,12 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	s.state, s.migration = StateMigrating, id
 	def := s.def
 	d.mu.Unlock()
+	if err := d.checkTechnique(ctx, req.Technique); err != nil {
+		d.mu.Lock()
+		s.state, s.migration = StateRunning, ""
+		d.mu.Unlock()
+		return verr(err)
+	}
 	peer, err := d.dial(req.To)
 	d.mu.Lock()
 	if err != nil {

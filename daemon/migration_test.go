@@ -335,3 +335,43 @@ func TestMigrateValidation(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRunAndStateMessages: run of a running service says where it runs; an unknown service lists
+// the configured ones; a node the service left shows it remote on its new node even after a
+// migration back to it was rolled back.
+func TestRunAndStateMessages(t *testing.T) {
+	a, b, _, f := pair(t)
+	_, err := a.d.Run(context.Background(), api.RunRequest{Service: testSvc})
+	if err == nil || !strings.Contains(err.Error(), "run kv: service is already running on a") {
+		t.Fatalf("second run: %v", err)
+	}
+	_, err = a.d.Run(context.Background(), api.RunRequest{Service: "nope"})
+	if err == nil || !strings.Contains(err.Error(), "unknown service (configured: kv)") {
+		t.Fatalf("unknown service: %v", err)
+	}
+	if m := migrate(t, a, api.MigrateRequest{}); m.Result != api.Succeeded {
+		t.Fatalf("a -> b: %s %v", m.Result, m.Error)
+	}
+	remote := func(n *node, peer string) {
+		t.Helper()
+		st := n.d.Status().Services[0]
+		if st.State != StateRemote || st.Peer != peer {
+			t.Fatalf("%s: service %s/%q, want remote on %s", n.d.cfg.Node, st.State, st.Peer, peer)
+		}
+	}
+	remote(a, "b")
+	f.set("restore", errors.New("boom"))
+	m := migrate(t, b, api.MigrateRequest{To: "a"})
+	if m.Result != api.RolledBack {
+		t.Fatalf("b -> a with a failing restore: %s %v", m.Result, m.Error)
+	}
+	remote(a, "b") // not "stopped": it still runs on b
+	f.set("restore", nil)
+	if m := migrate(t, b, api.MigrateRequest{To: "a"}); m.Result != api.Succeeded {
+		t.Fatalf("b -> a: %s %v", m.Result, m.Error)
+	}
+	remote(b, "a")
+	if st := a.d.Status().Services[0]; st.State != StateRunning || st.Peer != "" {
+		t.Fatalf("a after the way back: %+v", st)
+	}
+}

@@ -421,9 +421,9 @@ Examples:
 			fmt.Fprintf(w, "node %s  uplink %s  ipv4 %s  ipv6 %s  peer channel %s  datapath %s  up %v\n",
 				st.Node, st.Uplink, st.IPv4, st.IPv6, st.PeerListen, st.Datapath, time.Since(st.Started).Round(time.Second))
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SERVICE\tSTATE\tINSTANCE\tPORT\tPOD\tPEER")
+			fmt.Fprintln(tw, "SERVICE\tSTATE\tINSTANCE\tPORT\tPOD")
 			for _, s := range st.Services {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s %s\t%s\n", s.Name, s.State, s.Instance, s.Port, s.PodIPv4, s.PodIPv6, s.Peer)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s %s\n", s.Name, serviceState(s), s.Instance, s.Port, s.PodIPv4, s.PodIPv6)
 			}
 			fmt.Fprintln(tw, "PEER\tADDRESS\tLAST ERROR")
 			for _, p := range st.Peers {
@@ -438,15 +438,25 @@ Examples:
 					keys = append(keys, k)
 				}
 				sort.Strings(keys)
-				fmt.Fprint(w, "counters:")
+				fmt.Fprintln(w, "datapath counters (packets):")
+				cw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 				for _, k := range keys {
-					fmt.Fprintf(w, " %s=%d", k, st.Counters[k])
+					fmt.Fprintf(cw, "  %s\t%d\t\n", k, st.Counters[k])
 				}
-				fmt.Fprintln(w)
+				return cw.Flush()
 			}
 			return nil
 		},
 	}
+}
+
+// serviceState is a service's state for the status table: "remote (n1)" names the node it moved
+// to.
+func serviceState(s api.ServiceStatus) string {
+	if s.Peer != "" {
+		return fmt.Sprintf("%s (%s)", s.State, s.Peer)
+	}
+	return s.State
 }
 
 func routesCmd(g *globals) *cobra.Command {
