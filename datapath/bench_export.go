@@ -16,7 +16,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/steerd/steerd/loader"
@@ -123,7 +122,7 @@ func OpenSized(cfg Config, sizes BenchMapSizes) (*Datapath, error) {
 		},
 	}
 	coll.Close()
-	d := &Datapath{cfg: cfg, objs: objs, mtu: mtu, pods: map[int][2]link.Link{}}
+	d := &Datapath{cfg: cfg, objs: objs, mtu: mtu, pods: map[int]*podLinks{}}
 	d.maps = Maps{
 		Services:  NewMap[ServiceKey, ServiceValue](objs.Maps.Services, "services"),
 		Instances: NewMap[uint64, InstanceValue](objs.Maps.Instances, "instances"),

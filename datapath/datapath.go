@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -33,6 +34,8 @@ var (
 	ErrMTU = errors.New("uplink MTU too small for encapsulation")
 	// ErrUnknownPeer reports a peer ID that AddPeer never added.
 	ErrUnknownPeer = errors.New("unknown peer")
+	// ErrClosed reports a call on a Datapath after Close or Detach.
+	ErrClosed = errors.New("datapath closed")
 )
 
 // Encapsulation overheads in bytes: outer IPv4 (20) or IPv6 (40) plus UDP (8).
@@ -117,12 +120,29 @@ type Datapath struct {
 	mu       sync.Mutex
 	uplink   link.Link
 	uplinkIx int
-	pods     map[int][2]link.Link // host ifindex -> (pod program, pass program)
+	pods     map[int]*podLinks // host ifindex -> links
+	closed   bool
+}
+
+// podLinks are the XDP links of one pod: xdp_pod on the host-side veth, xdp_pass on the
+// pod-side veth (nil when not known, e.g. a defunct pin found by Open).
+type podLinks struct {
+	pod, pass link.Link
 }
 
 // Open loads the XDP objects (reusing pinned maps in cfg.PinDir) and, when
 // cfg.Uplink is set, attaches xdp_steer to it (native mode, generic
 // fallback with a warning).
+//
+// With cfg.PinDir the XDP links are pinned there too (loader.UplinkLinkPin,
+// loader.PodLinkPin, loader.PassLinkPin), so the programs stay attached and
+// steering when the process exits, cleanly or not. Open then takes over what
+// a previous process left: the pinned uplink link is updated to the newly
+// loaded xdp_steer (BPF_LINK_UPDATE, no gap), every pinned pod link whose
+// veth still exists is updated to the new xdp_pod/xdp_pass and adopted (so
+// DetachPod and Detach reach it), and pins whose device is gone (deleted pod
+// veth or namespace) are removed together with that veth's egress and fenced
+// entries.
 func Open(cfg Config) (*Datapath, error) {
 	if err := cfg.CID.Validate(); err != nil {
 		return nil, fmt.Errorf("open datapath: %w: %w", ErrConfig, err)
@@ -176,7 +196,7 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
-	d := &Datapath{cfg: cfg, objs: objs, mtu: mtu, pods: map[int][2]link.Link{}}
+	d := &Datapath{cfg: cfg, objs: objs, mtu: mtu, pods: map[int]*podLinks{}}
 	d.maps = Maps{
 		Services:  NewMap[ServiceKey, ServiceValue](objs.Maps.Services, "services"),
 		Instances: NewMap[uint64, InstanceValue](objs.Maps.Instances, "instances"),
@@ -187,14 +207,115 @@ func Open(cfg Config) (*Datapath, error) {
 		Counters:  Counters{objs.Maps.Counters},
 	}
 	if ifindex != 0 {
-		l, _, err := loader.AttachXDP(objs.Steer, ifindex)
+		l, err := d.attach(objs.Steer, "", ifindex, loader.UplinkLinkPin, nil)
 		if err != nil {
 			objs.Close()
 			return nil, fmt.Errorf("open datapath: %w", err)
 		}
 		d.uplink, d.uplinkIx = l, ifindex
 	}
+	if cfg.PinDir != "" {
+		if err := d.adoptPods(); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("open datapath: %w", err)
+		}
+	}
 	return d, nil
+}
+
+// attach attaches prog to ifindex (in the namespace at nsPath, "" for the calling thread's).
+// An old link of this Datapath on the same device is updated in place; with PinDir the link
+// is pinned as pin (a link pinned there by an earlier process is updated, see
+// loader.AttachPinnedXDPAt).
+func (d *Datapath) attach(prog *ebpf.Program, nsPath string, ifindex int, pin string, old link.Link) (link.Link, error) {
+	if old != nil {
+		if ix, err := loader.LinkIfindex(old); err == nil && ix == ifindex && old.Update(prog) == nil {
+			return old, nil
+		}
+		d.dropLink(old)
+	}
+	if d.cfg.PinDir != "" {
+		return loader.AttachPinnedXDPAt(prog, nsPath, ifindex, filepath.Join(d.cfg.PinDir, pin))
+	}
+	var (
+		l   link.Link
+		err error
+	)
+	if nsPath == "" {
+		l, _, err = loader.AttachXDP(prog, ifindex)
+	} else {
+		l, _, err = loader.AttachXDPAt(prog, nsPath, ifindex)
+	}
+	return l, err
+}
+
+// dropLink detaches l: unpins it (PinDir) and closes it.
+func (d *Datapath) dropLink(l link.Link) {
+	if l == nil {
+		return
+	}
+	if d.cfg.PinDir != "" {
+		_ = l.Unpin()
+	}
+	l.Close()
+}
+
+// adoptPods takes over the pod links pinned in PinDir by an earlier process (see Open).
+func (d *Datapath) adoptPods() error {
+	ixs, err := loader.PinnedPods(d.cfg.PinDir)
+	if err != nil {
+		return err
+	}
+	for _, hix := range ixs {
+		pl := &podLinks{}
+		podPin := filepath.Join(d.cfg.PinDir, loader.PodLinkPin(hix))
+		passPin := filepath.Join(d.cfg.PinDir, loader.PassLinkPin(hix))
+		l, ix, err := loader.LoadPinnedXDP(podPin)
+		if err != nil {
+			_ = os.Remove(podPin)
+		} else if ix != hix {
+			// The veth is gone (pod deleted, namespace deleted): its pins and entries are stale.
+			_ = loader.RemoveLink(l)
+		} else if err := l.Update(d.objs.Pod); err != nil {
+			l.Close()
+			return fmt.Errorf("update pinned xdp_pod link on ifindex %d: %w", hix, err)
+		} else {
+			pl.pod = l
+		}
+		if pl.pod == nil {
+			if pass, _, err := loader.LoadPinnedXDP(passPin); err == nil {
+				_ = loader.RemoveLink(pass)
+			} else {
+				_ = os.Remove(passPin)
+			}
+			d.clearPodEntries(hix)
+			continue
+		}
+		if pass, pix, err := loader.LoadPinnedXDP(passPin); err == nil {
+			if pix == 0 {
+				_ = loader.RemoveLink(pass) // AttachPod attaches it again
+			} else if err := pass.Update(d.objs.Pass); err != nil {
+				pass.Close()
+				pl.pod.Close()
+				return fmt.Errorf("update pinned xdp_pass link of ifindex %d: %w", hix, err)
+			} else {
+				pl.pass = pass
+			}
+		}
+		d.pods[hix] = pl
+	}
+	return nil
+}
+
+// clearPodEntries removes the egress and fenced entries of host veth hostIfindex.
+func (d *Datapath) clearPodEntries(hostIfindex int) {
+	if ents, err := d.maps.Egress.Entries(); err == nil {
+		for k := range ents {
+			if k.Ifindex == uint32(hostIfindex) {
+				_ = d.maps.Egress.Delete(k)
+			}
+		}
+	}
 }
 
 // Maps returns the typed maps (for inspection and tests).
@@ -405,10 +526,12 @@ func (d *Datapath) DeletePeer(id PeerID) error {
 // kernel routes (no neighbour yet) with the node's own address as source are
 // not dropped as martians, and turns off TX checksum offload on the pod-side
 // veth (see SetTxChecksum). Call it again after a pod veth is recreated.
+// On a pod that is attached already (by this Datapath, or pinned by an
+// earlier process) the links are updated in place (BPF_LINK_UPDATE); with
+// PinDir they are pinned, so they outlive the process (see Open, Detach).
 func (d *Datapath) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.detachPodLocked(hostIfindex)
 	host, err := netlink.LinkByIndex(hostIfindex)
 	if err != nil {
 		return fmt.Errorf("attach pod: find host veth %d: %w", hostIfindex, err)
@@ -425,63 +548,125 @@ func (d *Datapath) AttachPod(hostIfindex int, podNetNSPath string, podIfindex in
 	}); err != nil {
 		return fmt.Errorf("attach pod: pod-side veth checksum offload: %w", err)
 	}
-	lp, _, err := loader.AttachXDP(d.objs.Pod, hostIfindex)
+	pl := d.pods[hostIfindex]
+	if pl == nil {
+		pl = &podLinks{}
+		d.pods[hostIfindex] = pl
+	}
+	lp, err := d.attach(d.objs.Pod, "", hostIfindex, loader.PodLinkPin(hostIfindex), pl.pod)
+	pl.pod = lp
 	if err != nil {
 		return fmt.Errorf("attach pod: %w", err)
 	}
-	lpass, _, err := loader.AttachXDPAt(d.objs.Pass, podNetNSPath, podIfindex)
+	// The pass link's ifindex is in the pod's namespace; attach compares it with podIfindex.
+	lpass, err := d.attach(d.objs.Pass, podNetNSPath, podIfindex, loader.PassLinkPin(hostIfindex), pl.pass)
+	pl.pass = lpass
 	if err != nil {
-		lp.Close()
 		return fmt.Errorf("attach pod: pod-side veth: %w", err)
 	}
-	d.pods[hostIfindex] = [2]link.Link{lp, lpass}
 	return nil
 }
 
-// DetachPod detaches the programs AttachPod attached for hostIfindex and
-// removes the egress entries of that veth.
+// DetachPod detaches the programs AttachPod attached for hostIfindex,
+// removes their pins (also pins an earlier process left) and the egress and
+// fenced entries of that veth.
 func (d *Datapath) DetachPod(hostIfindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.detachPodLocked(hostIfindex)
-	ents, err := d.maps.Egress.Entries()
-	if err != nil {
-		return fmt.Errorf("detach pod: %w", err)
-	}
-	for k := range ents {
-		if k.Ifindex == uint32(hostIfindex) {
-			_ = d.maps.Egress.Delete(k)
-		}
-	}
+	d.clearPodEntries(hostIfindex)
 	return nil
 }
 
 func (d *Datapath) detachPodLocked(hostIfindex int) {
-	if ls, ok := d.pods[hostIfindex]; ok {
-		for _, l := range ls {
-			if l != nil {
-				l.Close()
+	if pl, ok := d.pods[hostIfindex]; ok {
+		d.dropLink(pl.pod)
+		d.dropLink(pl.pass)
+		delete(d.pods, hostIfindex)
+	}
+	if d.cfg.PinDir != "" {
+		for _, n := range []string{loader.PodLinkPin(hostIfindex), loader.PassLinkPin(hostIfindex)} {
+			p := filepath.Join(d.cfg.PinDir, n)
+			if l, _, err := loader.LoadPinnedXDP(p); err == nil {
+				_ = loader.RemoveLink(l)
+			} else {
+				_ = os.Remove(p)
 			}
 		}
-		delete(d.pods, hostIfindex)
 	}
 }
 
 // Counters returns the datapath counters summed over CPUs.
 func (d *Datapath) Counters() (map[Reason]uint64, error) { return d.maps.Counters.Read() }
 
-// Close detaches all programs and closes the objects. Pinned maps stay
-// (routing state survives a restart); loader.Unpin removes them.
+// Close releases the Datapath's file descriptors. With PinDir every program
+// stays attached and pinned, maps included, so the node keeps steering while
+// no daemon runs and the next Open takes over; without PinDir closing the
+// links detaches the programs. Use Detach to take the datapath down.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var errs []error
-	for ix := range d.pods {
-		d.detachPodLocked(ix)
+	return d.closeLocked(false)
+}
+
+// Detach takes the datapath down: detaches every program this Datapath or an
+// earlier process attached (uplink, pod veths), removes the pin directory
+// (maps, links, fenced state) and closes the Datapath. For an operator's
+// teardown (steerd uninstall) and tests, never for a daemon restart.
+func (d *Datapath) Detach() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("detach datapath: %w", ErrClosed)
 	}
+	var errs []error
+	if d.cfg.PinDir != "" {
+		// Pods pinned by an earlier process that Open could not adopt are in PinDir too.
+		if ixs, err := loader.PinnedPods(d.cfg.PinDir); err == nil {
+			for _, ix := range ixs {
+				if _, ok := d.pods[ix]; !ok {
+					d.pods[ix] = &podLinks{}
+				}
+			}
+		}
+	}
+	errs = append(errs, d.closeLocked(true))
+	if d.cfg.PinDir != "" {
+		errs = append(errs, loader.Unpin(d.cfg.PinDir))
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Datapath) closeLocked(detach bool) error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var errs []error
+	for ix, pl := range d.pods {
+		if detach || d.cfg.PinDir == "" {
+			d.detachPodLocked(ix)
+			continue
+		}
+		for _, l := range []link.Link{pl.pod, pl.pass} {
+			if l != nil {
+				errs = append(errs, l.Close())
+			}
+		}
+	}
+	d.pods = map[int]*podLinks{}
 	if d.uplink != nil {
-		errs = append(errs, d.uplink.Close())
+		if detach {
+			d.dropLink(d.uplink)
+		} else {
+			errs = append(errs, d.uplink.Close())
+		}
 		d.uplink = nil
+	}
+	if detach && d.cfg.PinDir != "" {
+		if l, _, err := loader.LoadPinnedXDP(filepath.Join(d.cfg.PinDir, loader.UplinkLinkPin)); err == nil {
+			_ = loader.RemoveLink(l)
+		}
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)

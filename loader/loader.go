@@ -6,7 +6,10 @@
 // Pinning follows cloudflare/tubular: state for the network namespace with
 // inode N lives in <root>/<N>/ (root defaults to /sys/fs/bpf/steerd); a fresh
 // set of maps is pinned into a temporary directory next to it and renamed
-// into place, so a reader never sees a half-populated directory.
+// into place, so a reader never sees a half-populated directory. The XDP
+// links are pinned there too (pin.go), so programs stay attached when the
+// daemon exits; the directory records its namespace's cookie, so a directory
+// left by a deleted namespace whose inode number was reused is discarded.
 package loader
 
 import (
@@ -178,6 +181,9 @@ func Load(opts Options) (*Objects, error) {
 		missing []string
 	)
 	if opts.PinDir != "" {
+		if err := checkOwner(opts.PinDir); err != nil {
+			return nil, fmt.Errorf("check pin dir: %w", err)
+		}
 		pinned, missing, err = loadPinned(opts.PinDir, spec)
 		if err != nil {
 			return nil, err
@@ -382,6 +388,10 @@ func pinAll(dir string, maps map[string]*ebpf.Map) error {
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
+	if err := recordOwner(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
 	if err := os.Rename(tmp, dir); err != nil {
 		os.RemoveAll(tmp)
 		return fmt.Errorf("rename pin dir into place: %w", err)
@@ -389,7 +399,8 @@ func pinAll(dir string, maps map[string]*ebpf.Map) error {
 	return nil
 }
 
-// Unpin removes a pin directory created by Load.
+// Unpin removes a pin directory created by Load: its maps and XDP link pins (a link whose
+// last file descriptor is closed is then detached).
 func Unpin(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove pin dir: %w", err)
