@@ -15,6 +15,16 @@ type timeline struct {
 	mu     sync.Mutex
 	events []api.Event
 	starts map[api.Phase]time.Time
+	merged map[eventKey]bool // events merged from other nodes (a peer may send one twice)
+}
+
+// eventKey identifies an event for merge's deduplication.
+type eventKey struct {
+	node, detail string
+	phase        api.Phase
+	kind         api.EventKind
+	unixNano     int64
+	bytes        int64
 }
 
 func newTimeline(id, node string, onEnd func(api.Phase, time.Duration)) *timeline {
@@ -64,10 +74,22 @@ func (t *timeline) end(p api.Phase, err error) time.Duration {
 	return d
 }
 
-// merge appends events recorded elsewhere (the destination's part of the timeline).
+// merge appends events recorded elsewhere (the destination's part of the timeline). An event
+// merged before is skipped: the destination's abort answers with its whole timeline, which
+// repeats the events its prepare-dest answer carried.
 func (t *timeline) merge(es []api.Event) {
 	for _, e := range es {
-		t.add(e)
+		k := eventKey{node: e.Node, detail: e.Detail, phase: e.Phase, kind: e.Kind, unixNano: e.Time.UnixNano(), bytes: e.Bytes}
+		t.mu.Lock()
+		if t.merged == nil {
+			t.merged = map[eventKey]bool{}
+		}
+		dup := t.merged[k]
+		t.merged[k] = true
+		t.mu.Unlock()
+		if !dup {
+			t.add(e)
+		}
 	}
 }
 

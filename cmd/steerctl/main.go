@@ -331,18 +331,18 @@ Examples:
 				fmt.Fprintf(w, "migration %s: %s %s -> %s (%s, %s)\n", m.ID, m.Service, m.From, m.To, m.Strategy, m.Technique)
 			}
 			seen := 0
+			fl := &follower{w: w}
 			for {
 				m, err = cl.Migration(ctx, m.ID)
 				if err != nil {
 					return err
 				}
 				if !g.json() && !quiet {
-					for _, e := range m.Events[min(seen, len(m.Events)):] {
-						printEvent(w, e)
-					}
+					fl.add(m.Events[min(seen, len(m.Events)):])
 					seen = len(m.Events)
 				}
 				if m.Result != api.Running {
+					fl.flush()
 					break
 				}
 				select {
@@ -355,8 +355,8 @@ Examples:
 				if err := writeJSON(w, m); err != nil {
 					return err
 				}
-			} else if err := api.WriteMigration(w, m); err != nil {
-				return err
+			} else if err := api.WriteMigrationSummary(w, m); err != nil {
+				return err // the error itself is printed once, by run
 			}
 			if m.Result != api.Succeeded {
 				return migrationFailed{m}
@@ -376,7 +376,89 @@ Examples:
 	return c
 }
 
+// follower prints a migration's events while it runs: each poll's new events in time order (the
+// engine's sub-phases arrive after the fact), the destination's events once, and the image
+// transfer as one progress line per progressBytes or progressEvery plus one summary instead of a
+// start and an end line per image file.
+type follower struct {
+	w       io.Writer
+	printed map[string]bool
+
+	// transfer in progress
+	files, failed      int
+	bytes, lastBytes   int64
+	first, last, lastP time.Time
+	node               string
+}
+
+const (
+	progressBytes = 4 << 20
+	progressEvery = time.Second
+)
+
+func (f *follower) add(es []api.Event) {
+	es = append([]api.Event(nil), es...)
+	sort.SliceStable(es, func(i, j int) bool { return es[i].Time.Before(es[j].Time) })
+	if f.printed == nil {
+		f.printed = map[string]bool{}
+	}
+	for _, e := range es {
+		key := fmt.Sprintf("%s|%s|%s|%d|%s", e.Node, e.Phase, e.Kind, e.Time.UnixNano(), e.Detail)
+		if f.printed[key] {
+			continue
+		}
+		f.printed[key] = true
+		if e.Phase == api.PhaseTransfer && e.Detail != "engine" {
+			f.transfer(e)
+			continue
+		}
+		f.flush()
+		printEvent(f.w, e)
+	}
+}
+
+// transfer accounts one per-file transfer event.
+func (f *follower) transfer(e api.Event) {
+	if f.first.IsZero() {
+		f.first, f.lastP, f.node = e.Time, e.Time, e.Node
+	}
+	switch e.Kind {
+	case api.End:
+		f.files++
+		f.bytes += e.Bytes
+	case api.Fail:
+		f.failed++
+		printEvent(f.w, e)
+	}
+	f.last = e.Time
+	if f.bytes-f.lastBytes >= progressBytes || e.Time.Sub(f.lastP) >= progressEvery {
+		fmt.Fprintf(f.w, "  %s %-3s %-13s %d files, %s sent\n", e.Time.Format("15:04:05.000"), f.node, api.PhaseTransfer, f.files, api.Bytes(f.bytes))
+		f.lastBytes, f.lastP = f.bytes, e.Time
+	}
+}
+
+// flush prints the summary of a transfer in progress.
+func (f *follower) flush() {
+	if f.first.IsZero() {
+		return
+	}
+	d := f.last.Sub(f.first)
+	rate := ""
+	if d > 0 {
+		rate = fmt.Sprintf(" (%.1f MiB/s)", float64(f.bytes)/(1<<20)/d.Seconds())
+	}
+	failed := ""
+	if f.failed > 0 {
+		failed = fmt.Sprintf(", %d failed", f.failed)
+	}
+	fmt.Fprintf(f.w, "  %s %-3s %-13s done  %d files, %s in %v%s%s\n", f.last.Format("15:04:05.000"), f.node, api.PhaseTransfer,
+		f.files, api.Bytes(f.bytes), d.Round(10*time.Microsecond), rate, failed)
+	f.files, f.failed, f.bytes, f.lastBytes = 0, 0, 0, 0
+	f.first, f.last, f.lastP = time.Time{}, time.Time{}, time.Time{}
+}
+
 func printEvent(w io.Writer, e api.Event) {
+	e.Detail = api.OneLine(e.Detail)
 	switch e.Kind {
 	case api.Start:
 		fmt.Fprintf(w, "  %s %-3s %-13s start %s\n", e.Time.Format("15:04:05.000"), e.Node, e.Phase, e.Detail)

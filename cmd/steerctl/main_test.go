@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -11,7 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/daemon"
 	"github.com/steerd/steerd/pki"
 )
@@ -153,5 +156,57 @@ func TestAgainstDaemon(t *testing.T) {
 	}
 	if os.Geteuid() != 0 {
 		return // run needs a pod namespace
+	}
+}
+
+// TestFollower: 30 image files print as progress lines plus one summary (not 60 lines), engine
+// rows come in time order, a destination event repeated in a later poll prints once, and a
+// multi-line detail stays on one line.
+func TestFollower(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	dest := api.Event{Node: "n1", Phase: api.PhaseDest, Kind: api.Start, Time: at(1), Detail: "from n0"}
+	poll1 := []api.Event{{Node: "n0", Phase: api.PhaseDest, Kind: api.Start, Time: at(0)}, dest,
+		{Node: "n0", Phase: api.PhaseCheckpt, Kind: api.Start, Time: at(10)}}
+	var poll2 []api.Event
+	for i := range 30 {
+		name := fmt.Sprintf("pages-%d.img", i)
+		poll2 = append(poll2,
+			api.Event{Node: "n0", Phase: api.PhaseTransfer, Kind: api.Start, Time: at(100 + 10*i), Detail: name, Total: 300 << 10},
+			api.Event{Node: "n0", Phase: api.PhaseTransfer, Kind: api.End, Time: at(105 + 10*i), Detail: name, Bytes: 300 << 10, Total: 300 << 10})
+	}
+	poll2 = append(poll2,
+		api.Event{Node: "n0", Phase: api.PhaseCheckpt, Kind: api.End, Time: at(500), Duration: 490 * time.Millisecond},
+		api.Event{Node: "n0", Phase: "dump", Kind: api.End, Time: at(90), Detail: "engine"}, // reported after the fact
+		api.Event{Node: "n0", Phase: "pause", Kind: api.End, Time: at(20), Detail: "engine"},
+		dest, // the destination's timeline again
+		api.Event{Node: "n1", Phase: api.PhaseRestore, Kind: api.Fail, Time: at(600), Detail: "restore kv:\n\tcriu failed\n"})
+	var b strings.Builder
+	f := &follower{w: &b}
+	f.add(poll1)
+	f.add(poll2)
+	f.flush()
+	out := b.String()
+	t.Logf("follow output:\n%s", out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if strings.Count(out, "prepare-dest  start from n0") != 1 {
+		t.Errorf("destination row not printed once:\n%s", out)
+	}
+	if strings.Count(out, "pages-") != 0 || len(lines) > 12 {
+		t.Errorf("per-file rows or too many lines (%d):\n%s", len(lines), out)
+	}
+	if !strings.Contains(out, "done  30 files, 8.8MiB in") {
+		t.Errorf("no transfer summary:\n%s", out)
+	}
+	if !strings.Contains(out, "FAILED restore kv: | criu failed") {
+		t.Errorf("multi-line detail:\n%s", out)
+	}
+	var last string
+	for _, l := range lines {
+		ts := strings.Fields(l)[0]
+		if ts < last {
+			t.Errorf("rows out of time order at %q:\n%s", l, out)
+		}
+		last = ts
 	}
 }
