@@ -20,6 +20,9 @@
 #ifndef MAX_EGRESS
 #define MAX_EGRESS 4096
 #endif
+#ifndef MAX_PODS
+#define MAX_PODS 4096
+#endif
 /* IPv6 extension headers walked before giving up (XDP_PASS, pass_not_udp). */
 #ifndef MAX_IPV6_EXT
 #define MAX_IPV6_EXT 6
@@ -77,6 +80,7 @@ enum steer_reason {
 	R_DROP_PEER_UNREACHABLE,   /* outer packet: peer unknown, no route or no neighbour */
 	R_DROP_ERROR,              /* helper failure (bpf_xdp_adjust_head/tail) */
 	R_DROP_DECAP_NOT_SERVICE,  /* decapsulated packet whose inner destination is no service address */
+	R_DROP_FENCED,             /* from or to a fenced pod (uncommitted migration copy) */
 	R_MAX,
 };
 

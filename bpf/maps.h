@@ -52,6 +52,17 @@ struct {
 	__type(value, struct egress_val);
 } egress SEC(".maps");
 
+/* fenced: host-side veth ifindex of a pod -> 1. While present, xdp_pod drops
+ * every packet the pod sends and xdp_steer drops packets for instances whose
+ * local target is that veth (R_DROP_FENCED): a restored copy whose migration
+ * is not committed must not talk to clients (Go: Datapath.SetFenced). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u32);
+	__type(value, __u32);
+} fenced SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, R_MAX);

@@ -3,7 +3,8 @@
 /* pod.c: XDP program for a pod's host-side veth; it sees packets leaving the
  * pod. UDP from a service's pod port is SNATed to the address the client
  * sent to (clients LRU, else the node's service address from the egress map)
- * and redirected to the uplink. Everything else is XDP_PASS, uncounted. */
+ * and redirected to the uplink. Everything else is XDP_PASS, uncounted.
+ * A fenced pod (fenced map) sends nothing: every frame is dropped. */
 #include "encap.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -20,9 +21,14 @@ int xdp_pod(struct xdp_md *ctx)
 	__u8 *pub;
 	__u16 pub_port;
 	__u32 reason = R_SNAT;
+	__u32 ix = ctx->ingress_ifindex;
 	struct pkt p = {};
 	int rc;
 
+	if (bpf_map_lookup_elem(&fenced, &ix)) {
+		count(R_DROP_FENCED);
+		return XDP_DROP;
+	}
 	if (parse_l3l4(ctx, &p) != PARSE_OK)
 		return XDP_PASS;
 	data_end = (void *)(long)ctx->data_end;

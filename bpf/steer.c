@@ -25,8 +25,14 @@ static __always_inline int deliver_local(struct xdp_md *ctx, struct pkt *p,
 	struct client_val *old;
 	__u8 pod[16];
 	__u32 reason = R_LOCAL;
+	__u32 hix = inst->host_ifindex;
 	int rc;
 
+	/* A fenced pod (restored copy of an uncommitted migration) gets
+	 * nothing: dropped, not passed (the kernel has no socket on the
+	 * public port and would answer ICMP port unreachable). */
+	if (bpf_map_lookup_elem(&fenced, &hix))
+		return verdict(R_DROP_FENCED, XDP_DROP);
 	if (p->family == FAM_V4) {
 		if (!(inst->flags & INST_HAS_POD4))
 			return verdict(R_DROP_NO_FAMILY, XDP_DROP);

@@ -118,7 +118,7 @@ func OpenSized(cfg Config, sizes BenchMapSizes) (*Datapath, error) {
 			Services: coll.DetachMap("services"), Instances: coll.DetachMap("instances"),
 			Clients: coll.DetachMap("clients"), Peers: coll.DetachMap("peers"),
 			PeerAddrs: coll.DetachMap("peer_addrs"), Egress: coll.DetachMap("egress"),
-			Counters: coll.DetachMap("counters"),
+			Fenced: coll.DetachMap("fenced"), Counters: coll.DetachMap("counters"),
 		},
 	}
 	coll.Close()
@@ -130,6 +130,7 @@ func OpenSized(cfg Config, sizes BenchMapSizes) (*Datapath, error) {
 		Peers:     NewMap[uint32, PeerValue](objs.Maps.Peers, "peers"),
 		PeerAddrs: NewMap[AddrKey, uint32](objs.Maps.PeerAddrs, "peer_addrs"),
 		Egress:    NewMap[EgressKey, EgressValue](objs.Maps.Egress, "egress"),
+		Fenced:    NewMap[uint32, uint32](objs.Maps.Fenced, "fenced"),
 		Counters:  Counters{objs.Maps.Counters},
 	}
 	return d, nil

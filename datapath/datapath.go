@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -204,6 +205,7 @@ func Open(cfg Config) (*Datapath, error) {
 		Peers:     NewMap[uint32, PeerValue](objs.Maps.Peers, "peers"),
 		PeerAddrs: NewMap[AddrKey, uint32](objs.Maps.PeerAddrs, "peer_addrs"),
 		Egress:    NewMap[EgressKey, EgressValue](objs.Maps.Egress, "egress"),
+		Fenced:    NewMap[uint32, uint32](objs.Maps.Fenced, "fenced"),
 		Counters:  Counters{objs.Maps.Counters},
 	}
 	if ifindex != 0 {
@@ -309,6 +311,7 @@ func (d *Datapath) adoptPods() error {
 
 // clearPodEntries removes the egress and fenced entries of host veth hostIfindex.
 func (d *Datapath) clearPodEntries(hostIfindex int) {
+	_ = d.maps.Fenced.Delete(uint32(hostIfindex))
 	if ents, err := d.maps.Egress.Entries(); err == nil {
 		for k := range ents {
 			if k.Ifindex == uint32(hostIfindex) {
@@ -594,6 +597,62 @@ func (d *Datapath) detachPodLocked(hostIfindex int) {
 			}
 		}
 	}
+}
+
+// SetFenced fences (fenced true) or unfences the pod whose host-side veth is
+// hostIfindex. While fenced, xdp_pod drops every frame the pod sends and
+// xdp_steer drops packets for instances whose local target is that veth,
+// both counted drop_fenced; nothing is passed to the kernel, which has no
+// socket on the public port. The state is in the pinned fenced map, so with
+// PinDir it keeps being enforced while no daemon runs and is still there
+// after a restart (FencedPods). Fence a migration's destination pod before
+// its container is restored and unfence it once the source has confirmed the
+// route switch (the migration is committed). DetachPod and the removal of a
+// defunct pod (Open) drop the entry: an ifindex is reused by the next veth.
+// Errors wrap ErrConfig for hostIfindex <= 0; unfencing an unfenced pod is
+// not an error.
+func (d *Datapath) SetFenced(hostIfindex int, fenced bool) error {
+	if hostIfindex <= 0 {
+		return fmt.Errorf("set fenced: %w: host ifindex %d", ErrConfig, hostIfindex)
+	}
+	if fenced {
+		if err := d.maps.Fenced.Put(uint32(hostIfindex), 1); err != nil {
+			return fmt.Errorf("fence pod veth %d: %w", hostIfindex, err)
+		}
+		return nil
+	}
+	if err := d.maps.Fenced.Delete(uint32(hostIfindex)); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("unfence pod veth %d: %w", hostIfindex, err)
+	}
+	return nil
+}
+
+// Fenced reports whether the pod with host-side veth hostIfindex is fenced.
+func (d *Datapath) Fenced(hostIfindex int) (bool, error) {
+	_, err := d.maps.Fenced.Lookup(uint32(hostIfindex))
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("fenced %d: %w", hostIfindex, err)
+	}
+	return true, nil
+}
+
+// FencedPods returns the host-side veth ifindexes of all fenced pods, sorted.
+// After a daemon restart each one is the destination of a migration that was
+// not committed before the daemon stopped.
+func (d *Datapath) FencedPods() ([]int, error) {
+	ents, err := d.maps.Fenced.Entries()
+	if err != nil {
+		return nil, fmt.Errorf("fenced pods: %w", err)
+	}
+	out := make([]int, 0, len(ents))
+	for k := range ents {
+		out = append(out, int(k))
+	}
+	sort.Ints(out)
+	return out, nil
 }
 
 // Counters returns the datapath counters summed over CPUs.

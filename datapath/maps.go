@@ -99,5 +99,6 @@ type Maps struct {
 	Peers     Map[uint32, PeerValue]
 	PeerAddrs Map[AddrKey, uint32]
 	Egress    Map[EgressKey, EgressValue]
+	Fenced    Map[uint32, uint32] // host veth ifindex -> 1 (Datapath.SetFenced)
 	Counters  Counters
 }

@@ -163,6 +163,9 @@ func TestPinnedLinksSurviveClose(t *testing.T) {
 	if err := dp1.SetLocal(instLocal, LocalTarget{HostIfindex: e.hvIx, Pod4: pod4, PodPort: podPort, Public: pub}); err != nil {
 		t.Fatal(err)
 	}
+	if err := dp1.SetFenced(e.hvIx, true); err != nil {
+		t.Fatal(err)
+	}
 	steer1, pod1, pass1 := progID(t, dp1.Objects().Steer), progID(t, dp1.Objects().Pod), progID(t, dp1.Objects().Pass)
 	if got := e.xdpProg(t, "up0"); got != steer1 {
 		t.Fatalf("up0 runs program %d, want xdp_steer %d", got, steer1)
@@ -181,6 +184,12 @@ func TestPinnedLinksSurviveClose(t *testing.T) {
 			t.Errorf("after Close %s runs program %d, want %d (still attached)", name, got, want)
 		}
 	}
+	// No process holds the datapath now: the attached xdp_pod and the pinned fenced map
+	// still drop what the fenced pod sends.
+	if v := e.runAttached(t, pod1, e.hvIx, eth(macHost, macPod, 0x0800, ipv4(ip4(pod4, client4, 64),
+		udp(pod4, client4, podPort, cport, []byte{0x40, 1, 2, 3}, false)))); v != xdpDrop {
+		t.Errorf("fenced pod's reply with no daemon: verdict %d, want XDP_DROP", v)
+	}
 
 	dp2 := e.open(t)
 	if _, err := dp2.Maps().Instances.Lookup(instLocal); err != nil {
@@ -194,6 +203,12 @@ func TestPinnedLinksSurviveClose(t *testing.T) {
 		if got := e.xdpProg(t, name); got != want {
 			t.Errorf("after reopen %s runs program %d, want the new %d", name, got, want)
 		}
+	}
+	if f, err := dp2.Fenced(e.hvIx); err != nil || !f {
+		t.Errorf("fence lost across Close/Open: %v %v", f, err)
+	}
+	if got, _ := dp2.FencedPods(); len(got) != 1 || got[0] != e.hvIx {
+		t.Errorf("FencedPods after reopen = %v, want [%d]", got, e.hvIx)
 	}
 	if got := pinnedLinkID(t, e.dir, loader.UplinkLinkPin); got != upLink {
 		t.Errorf("uplink link %d, want %d updated in place", got, upLink)
@@ -215,6 +230,9 @@ func TestPinnedLinksSurviveClose(t *testing.T) {
 	if e.xdpProg(t, "hv0") != 0 || e.xdpProg(t, "pv0") != 0 || pinnedLinkID(t, e.dir, loader.PodLinkPin(e.hvIx)) != 0 {
 		t.Errorf("DetachPod left hv0 %d pv0 %d pinned %d", e.xdpProg(t, "hv0"), e.xdpProg(t, "pv0"),
 			pinnedLinkID(t, e.dir, loader.PodLinkPin(e.hvIx)))
+	}
+	if f, _ := dp2.Fenced(e.hvIx); f {
+		t.Errorf("DetachPod left the veth fenced (its ifindex is reused by the next veth)")
 	}
 	e.attachPod(t, dp2)
 	if err := dp2.Detach(); err != nil {
@@ -245,6 +263,9 @@ func TestStalePinsAfterTeardown(t *testing.T) {
 		Public: []netip.AddrPort{netip.AddrPortFrom(node4, svcPort)}}); err != nil {
 		t.Fatal(err)
 	}
+	if err := dp.SetFenced(e.hvIx, true); err != nil {
+		t.Fatal(err)
+	}
 	dp.Close()
 
 	// The pod is deleted while no daemon runs.
@@ -265,6 +286,9 @@ func TestStalePinsAfterTeardown(t *testing.T) {
 	}
 	if ents, _ := dp.Maps().Egress.Entries(); len(ents) != 0 {
 		t.Errorf("egress entries of the deleted veth kept: %v", ents)
+	}
+	if got, _ := dp.FencedPods(); len(got) != 0 {
+		t.Errorf("fence of the deleted veth kept: %v", got)
 	}
 	if err := dp.DetachPod(e.hvIx); err != nil {
 		t.Errorf("DetachPod of a removed pod: %v", err)
@@ -288,4 +312,27 @@ func TestStalePinsAfterTeardown(t *testing.T) {
 	if ixs, _ := loader.PinnedPods(dir); len(ixs) != 0 {
 		t.Errorf("pod pins of the deleted namespace kept: %v", ixs)
 	}
+}
+
+// runAttached runs the kernel's program with ID id (what a device has attached) on pkt as if
+// received on ifindex, inside the namespace.
+func (e *pinEnv) runAttached(t *testing.T, id uint32, ifindex int, pkt []byte) uint32 {
+	t.Helper()
+	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		t.Fatalf("program %d: %v", id, err)
+	}
+	defer prog.Close()
+	var ret uint32
+	err = nsutil.Do(e.ns, func() error {
+		out := make([]byte, len(pkt)+256)
+		var err error
+		ret, err = prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out,
+			Context: xdpMd{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)}})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("run program %d: %v", id, err)
+	}
+	return ret
 }

@@ -158,6 +158,7 @@ const (
 	ReasonDropPeerUnreachable                  // peer unknown, or no route/neighbour to it
 	ReasonDropError                            // helper failure
 	ReasonDropDecapNotService                  // decapsulated packet whose inner destination is no service address
+	ReasonDropFenced                           // from or to a fenced pod (Datapath.SetFenced)
 	reasonMax
 )
 
@@ -183,6 +184,7 @@ var reasonNames = [...]string{
 	ReasonDropPeerUnreachable:    "R_DROP_PEER_UNREACHABLE",
 	ReasonDropError:              "R_DROP_ERROR",
 	ReasonDropDecapNotService:    "R_DROP_DECAP_NOT_SERVICE",
+	ReasonDropFenced:             "R_DROP_FENCED",
 }
 
 // Reasons returns all counter reasons in order.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -412,5 +413,97 @@ func TestDecapSpoofedDestinationLeavesNoClient(t *testing.T) {
 	}
 	if p1, _, _ := e.dp.InstanceStats(instLocal); p1 != p0 {
 		t.Errorf("instance packets %d -> %d: the spoofed packet was steered", p0, p1)
+	}
+}
+
+// TestFenced: while the pod behind hv0 is fenced, xdp_pod drops every frame it sends (UDP
+// replies, other ports, ARP) and xdp_steer drops packets for instances on that veth, direct
+// or decapsulated, without recording a client; unfenced, both work as before.
+func TestFenced(t *testing.T) {
+	e := newEnv(t)
+	reply := []byte{0x40, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+	fromPod := eth(macHost, macPod, 0x0800, ipv4(ip4(pod4, client4, 64), udp(pod4, client4, podPort, cport+7, reply, false)))
+	toClient := eth(macRouter, macUplink, 0x0800, ipv4(ip4(node4, client4, 64), udp(node4, client4, svcPort, cport+7, reply, false)))
+	otherPort := eth(macHost, macPod, 0x0800, ipv4(ip4(pod4, client4, 64), udp(pod4, client4, 53, cport, reply, false)))
+	arp := eth(macHost, macPod, 0x0806, make([]byte, 28))
+	const fport = 50007
+	in := eth(macUplink, macRouter, 0x0800, ipv4(ip4(client4, node4, 60), udp(client4, node4, fport, svcPort, quicPayload, false)))
+	out := eth(macPod, macHost, 0x0800, ipv4(ip4(client4, pod4, 60), udp(client4, pod4, fport, podPort, quicPayload, false)))
+	remote := fromClient(client4, node4, svcPort, shortHdr(cid(0, instRemote4)))
+
+	if err := e.dp.SetFenced(e.hvIx, true); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := e.dp.Fenced(e.hvIx); err != nil || !f {
+		t.Fatalf("Fenced = %v, %v; want true", f, err)
+	}
+	if got, err := e.dp.FencedPods(); err != nil || len(got) != 1 || got[0] != e.hvIx {
+		t.Fatalf("FencedPods = %v, %v; want [%d]", got, err, e.hvIx)
+	}
+	steer, pod := e.dp.Objects().Steer, e.dp.Objects().Pod
+	type runCase struct {
+		name    string
+		steer   bool // xdp_steer on the uplink, else xdp_pod on hv0
+		in      []byte
+		verdict uint32
+		out     []byte
+		counts  map[Reason]uint64
+	}
+	fencedCases := []runCase{
+		{"pod reply dropped", false, fromPod, xdpDrop, nil, map[Reason]uint64{ReasonDropFenced: 1}},
+		{"pod other port dropped", false, otherPort, xdpDrop, nil, map[Reason]uint64{ReasonDropFenced: 1}},
+		{"pod ARP dropped", false, arp, xdpDrop, nil, map[Reason]uint64{ReasonDropFenced: 1}},
+		{"to fenced instance dropped", true, in, xdpDrop, nil, map[Reason]uint64{ReasonDropFenced: 1}},
+		{"decapsulated to fenced instance dropped", true, fromPeer(peer1, in[14:]), xdpDrop, eth(macUplink, macRouter, 0x0800, in[14:]),
+			map[Reason]uint64{ReasonDecapsulated: 1, ReasonDropFenced: 1}},
+		{"remote instance unaffected", true, remote, xdpTX, encapsulated(remote[14:], 20, peer1), map[Reason]uint64{ReasonForwarded: 1}},
+	}
+	unfencedCases := []runCase{
+		{"pod reply SNAT", false, fromPod, xdpRedirect, toClient, map[Reason]uint64{ReasonSNATDefault: 1}},
+		{"pod other port passes", false, otherPort, xdpPass, nil, map[Reason]uint64{}},
+		{"to instance delivered", true, in, xdpRedirect, out, map[Reason]uint64{ReasonLocal: 1}},
+	}
+	check := func(cases []runCase) {
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				prog, ix := pod, e.hvIx
+				if c.steer {
+					prog, ix = steer, e.upIx
+				}
+				before := e.counters(t)
+				v, got := e.run(t, prog, ix, c.in)
+				if v != c.verdict {
+					t.Errorf("verdict = %d, want %d", v, c.verdict)
+				}
+				want := c.out
+				if want == nil {
+					want = c.in
+				}
+				if !bytes.Equal(got, want) {
+					t.Errorf("output differs\n got %s\nwant %s", hex.EncodeToString(got), hex.EncodeToString(want))
+				}
+				if d := delta(before, e.counters(t)); !equalCounts(d, c.counts) {
+					t.Errorf("counter deltas = %v, want %v", d, c.counts)
+				}
+			})
+		}
+	}
+	check(fencedCases)
+	ck, cf := addr16(client4)
+	if _, err := e.dp.Maps().Clients.Lookup(ClientKey{Addr: ck, Port: fport, Family: cf}); err == nil {
+		t.Errorf("clients entry recorded for a packet to a fenced pod")
+	}
+	if err := e.dp.SetFenced(e.hvIx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.SetFenced(e.hvIx, false); err != nil {
+		t.Errorf("unfence twice: %v", err)
+	}
+	if f, _ := e.dp.Fenced(e.hvIx); f {
+		t.Errorf("still fenced after SetFenced(false)")
+	}
+	check(unfencedCases)
+	if err := e.dp.SetFenced(0, true); !errors.Is(err, ErrConfig) {
+		t.Errorf("SetFenced(0) = %v, want ErrConfig", err)
 	}
 }

@@ -80,6 +80,7 @@ type Maps struct {
 	Peers     *ebpf.Map // peers: u32 peer id -> struct peer_val
 	PeerAddrs *ebpf.Map // peer_addrs: struct addr_key -> u32 peer id
 	Egress    *ebpf.Map // egress: struct egress_key -> struct egress_val
+	Fenced    *ebpf.Map // fenced: u32 host veth ifindex -> u32 1
 	Counters  *ebpf.Map // counters (per-CPU array): enum steer_reason -> u64
 }
 
@@ -98,7 +99,7 @@ func (o *Objects) Close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{o.Steer, o.Pod, o.Pass, o.Parse,
 		o.Maps.Services, o.Maps.Instances, o.Maps.Clients, o.Maps.Peers,
-		o.Maps.PeerAddrs, o.Maps.Egress, o.Maps.Counters} {
+		o.Maps.PeerAddrs, o.Maps.Egress, o.Maps.Fenced, o.Maps.Counters} {
 		switch v := c.(type) {
 		case *ebpf.Program:
 			if v != nil {
@@ -117,7 +118,7 @@ func (o *Objects) Close() error {
 func SteerSpec() (*ebpf.CollectionSpec, error) { return loadSteer() }
 
 // mapNames lists the shared maps by their C names.
-var mapNames = []string{"services", "instances", "clients", "peers", "peer_addrs", "egress", "counters"}
+var mapNames = []string{"services", "instances", "clients", "peers", "peer_addrs", "egress", "fenced", "counters"}
 
 func (o Options) validate() error {
 	if o.ServerIDLen < 1 || o.ServerIDLen > MaxServerIDLen {
@@ -203,6 +204,7 @@ func Load(opts Options) (*Objects, error) {
 			Peers:     coll.DetachMap("peers"),
 			PeerAddrs: coll.DetachMap("peer_addrs"),
 			Egress:    coll.DetachMap("egress"),
+			Fenced:    coll.DetachMap("fenced"),
 			Counters:  coll.DetachMap("counters"),
 		},
 	}
@@ -211,7 +213,7 @@ func Load(opts Options) (*Objects, error) {
 	shared := map[string]*ebpf.Map{
 		"services": o.Maps.Services, "instances": o.Maps.Instances, "clients": o.Maps.Clients,
 		"peers": o.Maps.Peers, "peer_addrs": o.Maps.PeerAddrs, "egress": o.Maps.Egress,
-		"counters": o.Maps.Counters,
+		"fenced": o.Maps.Fenced, "counters": o.Maps.Counters,
 	}
 	podSpec, err := loadPod()
 	if err != nil {

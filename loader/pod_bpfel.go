@@ -96,7 +96,8 @@ const (
 	podSteerReasonR_DROP_PEER_UNREACHABLE    podSteerReason = 17
 	podSteerReasonR_DROP_ERROR               podSteerReason = 18
 	podSteerReasonR_DROP_DECAP_NOT_SERVICE   podSteerReason = 19
-	podSteerReasonR_MAX                      podSteerReason = 20
+	podSteerReasonR_DROP_FENCED              podSteerReason = 20
+	podSteerReasonR_MAX                      podSteerReason = 21
 )
 
 type podSvcKey struct {
@@ -121,6 +122,7 @@ const (
 	podMapClients        = "clients"
 	podMapCounters       = "counters"
 	podMapEgress         = "egress"
+	podMapFenced         = "fenced"
 	podMapInstances      = "instances"
 	podMapPeerAddrs      = "peer_addrs"
 	podMapPeers          = "peers"
@@ -189,6 +191,7 @@ type podMapSpecs struct {
 	Clients   *ebpf.MapSpec `ebpf:"clients"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Egress    *ebpf.MapSpec `ebpf:"egress"`
+	Fenced    *ebpf.MapSpec `ebpf:"fenced"`
 	Instances *ebpf.MapSpec `ebpf:"instances"`
 	PeerAddrs *ebpf.MapSpec `ebpf:"peer_addrs"`
 	Peers     *ebpf.MapSpec `ebpf:"peers"`
@@ -233,6 +236,7 @@ type podMaps struct {
 	Clients   *ebpf.Map `ebpf:"clients"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Egress    *ebpf.Map `ebpf:"egress"`
+	Fenced    *ebpf.Map `ebpf:"fenced"`
 	Instances *ebpf.Map `ebpf:"instances"`
 	PeerAddrs *ebpf.Map `ebpf:"peer_addrs"`
 	Peers     *ebpf.Map `ebpf:"peers"`
@@ -244,6 +248,7 @@ func (m *podMaps) Close() error {
 		m.Clients,
 		m.Counters,
 		m.Egress,
+		m.Fenced,
 		m.Instances,
 		m.PeerAddrs,
 		m.Peers,

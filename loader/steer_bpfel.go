@@ -104,7 +104,8 @@ const (
 	steerSteerReasonR_DROP_PEER_UNREACHABLE    steerSteerReason = 17
 	steerSteerReasonR_DROP_ERROR               steerSteerReason = 18
 	steerSteerReasonR_DROP_DECAP_NOT_SERVICE   steerSteerReason = 19
-	steerSteerReasonR_MAX                      steerSteerReason = 20
+	steerSteerReasonR_DROP_FENCED              steerSteerReason = 20
+	steerSteerReasonR_MAX                      steerSteerReason = 21
 )
 
 type steerSvcKey struct {
@@ -129,6 +130,7 @@ const (
 	steerMapClients        = "clients"
 	steerMapCounters       = "counters"
 	steerMapEgress         = "egress"
+	steerMapFenced         = "fenced"
 	steerMapInstances      = "instances"
 	steerMapPeerAddrs      = "peer_addrs"
 	steerMapPeers          = "peers"
@@ -197,6 +199,7 @@ type steerMapSpecs struct {
 	Clients   *ebpf.MapSpec `ebpf:"clients"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Egress    *ebpf.MapSpec `ebpf:"egress"`
+	Fenced    *ebpf.MapSpec `ebpf:"fenced"`
 	Instances *ebpf.MapSpec `ebpf:"instances"`
 	PeerAddrs *ebpf.MapSpec `ebpf:"peer_addrs"`
 	Peers     *ebpf.MapSpec `ebpf:"peers"`
@@ -241,6 +244,7 @@ type steerMaps struct {
 	Clients   *ebpf.Map `ebpf:"clients"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Egress    *ebpf.Map `ebpf:"egress"`
+	Fenced    *ebpf.Map `ebpf:"fenced"`
 	Instances *ebpf.Map `ebpf:"instances"`
 	PeerAddrs *ebpf.Map `ebpf:"peer_addrs"`
 	Peers     *ebpf.Map `ebpf:"peers"`
@@ -252,6 +256,7 @@ func (m *steerMaps) Close() error {
 		m.Clients,
 		m.Counters,
 		m.Egress,
+		m.Fenced,
 		m.Instances,
 		m.PeerAddrs,
 		m.Peers,
