@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -128,9 +129,29 @@ func LoadConfig(path string) (*Config, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("load config %s: %w", path, err)
+		return nil, fmt.Errorf("load config %s%s: %w", path, jsonPosition(b, err), err)
 	}
 	return &c, nil
+}
+
+// jsonPosition returns ":LINE:COLUMN" (1-based, column in bytes) of a JSON syntax or type error
+// in b, or "" when err carries no offset.
+func jsonPosition(b []byte, err error) string {
+	var off int64
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+	default:
+		return ""
+	}
+	off = min(max(off, 1), int64(len(b)))
+	line := 1 + bytes.Count(b[:off-1], []byte("\n"))
+	col := off - int64(bytes.LastIndexByte(b[:off-1], '\n')+1)
+	return fmt.Sprintf(":%d:%d", line, col)
 }
 
 // Save writes the config as indented JSON (mode 0644).

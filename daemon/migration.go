@@ -91,6 +91,9 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	if err != nil {
 		return verr(fmt.Errorf("%w: %w", ErrBadRequest, err))
 	}
+	if req.To == d.cfg.Node {
+		return verr(fmt.Errorf("%w: %s is this node (the service would stay here; peers: %v)", ErrBadRequest, req.To, d.peerNames()))
+	}
 	pdef, ok := d.cfg.Peer(req.To)
 	if !ok {
 		return verr(fmt.Errorf("%w: %q (configured: %v)", ErrUnknownPeer, req.To, d.peerNames()))
@@ -241,7 +244,7 @@ func (d *Daemon) Events(id string) ([]api.Event, error) {
 // runMigration is the source-side state machine:
 //
 //	prepare-dest -> checkpoint [pre-dumps, prepare (quicext, BeforeFreeze), freeze, dump, send]
-//	-> restore (destination) -> route (source forwards) -> restored (quicext on destination)
+//	-> route (source forwards in-flight packets) -> restore (destination) -> restored (quicext on destination)
 //	-> complete (source container removed) -> drain -> source entry removed.
 //
 // Any failure up to "restored" rolls back: the service keeps running on the source.
@@ -337,18 +340,11 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 			return nil
 		})
 	}
+	// The source forwards before the destination restores: the source copy is frozen (or dead),
+	// so a packet it receives now is lost, while a forwarded one reaches the destination pod,
+	// whose route is set before runc restore and whose socket CRIU restores before the process
+	// runs. A failed restore reverts the route (rollback, rb.routed).
 	if err == nil {
-		err = step(api.PhaseRestore, func() error {
-			rb.restoreSent = true
-			err := call(opRestore, restoreReq{Migration: id, Service: def.Name, Technique: req.Technique, PageServerPort: pageServer.Port()})
-			restoredAt = time.Now()
-			return err
-		})
-	}
-	if err == nil {
-		down := restoredAt.Sub(freezeAt)
-		mg.update(func(m *api.Migration) { m.Downtime = down })
-		d.met.downtime.WithLabelValues(string(req.Technique), req.Strategy).Observe(down.Seconds())
 		err = step(api.PhaseRoute, func() error {
 			rb.routed = true
 			if err := d.setRemote(def.Instance, def.Name, pdef.Name); err != nil {
@@ -361,6 +357,19 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 			}
 			return nil
 		})
+	}
+	if err == nil {
+		err = step(api.PhaseRestore, func() error {
+			rb.restoreSent = true
+			err := call(opRestore, restoreReq{Migration: id, Service: def.Name, Technique: req.Technique, PageServerPort: pageServer.Port()})
+			restoredAt = time.Now()
+			return err
+		})
+	}
+	if err == nil {
+		down := restoredAt.Sub(freezeAt)
+		mg.update(func(m *api.Migration) { m.Downtime = down })
+		d.met.downtime.WithLabelValues(string(req.Technique), req.Strategy).Observe(down.Seconds())
 	}
 	if err == nil {
 		err = step(api.PhaseRestored, func() error {

@@ -57,9 +57,9 @@ func TestMigrationSuccessOrder(t *testing.T) {
 			want = append(want,
 				"a:ctl.prepare(stdr-test-a-kv,symmetric,198.18.21.2:4433)",
 				"a:engine.freeze",
+				"a:dp.remote(7,b)", // the source forwards in-flight packets before the restore
 				"b:engine.restore(kv)",
 				"b:dp.local(7)",
-				"a:dp.remote(7,b)",
 				"b:ctl.restored(stdr-test-b-kv,198.18.21.2:4433)",
 				"a:engine.complete(kv)",
 				"a:pods.delete(stdr-test-a-kv)",
@@ -95,7 +95,7 @@ func TestMigrationSuccessOrder(t *testing.T) {
 					phases = append(phases, e.Node+":"+string(e.Phase))
 				}
 			}
-			wantPhases := []string{"a:prepare-dest", "b:prepare-dest", "a:checkpoint", "a:prepare", "a:restore", "b:restore", "a:route", "a:restored", "b:restored", "a:complete", "a:drain"}
+			wantPhases := []string{"a:prepare-dest", "b:prepare-dest", "a:checkpoint", "a:prepare", "a:route", "a:restore", "b:restore", "a:restored", "b:restored", "a:complete", "a:drain"}
 			got := strings.Join(phases, " ")
 			// transfer starts are interleaved; drop them for the order check
 			if !reflect.DeepEqual(filter(phases, "transfer"), wantPhases) {
@@ -171,8 +171,8 @@ func TestMigrationRollback(t *testing.T) {
 	}{
 		{"dump", "checkpoint", "a", api.PhaseCheckpt, []string{"b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"transfer", "send", "a", api.PhaseCheckpt, []string{"b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
-		{"restore", "restore", "b", api.PhaseRestore, []string{"b:engine.remove(kv)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
-		{"route", "dp.remote", "a", api.PhaseRoute, []string{"a:dp.local(7)", "b:dp.delete(7)", "b:engine.remove(kv)", "a:engine.resume(kv)"}},
+		{"restore", "restore", "b", api.PhaseRestore, []string{"a:dp.local(7)", "b:engine.remove(kv)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
+		{"route", "dp.remote", "a", api.PhaseRoute, []string{"a:dp.local(7)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"restored", "restored", "b", api.PhaseRestored, []string{"a:dp.local(7)", "b:dp.delete(7)", "b:engine.remove(kv)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"dest-route", "dp.local.b", "b", api.PhaseRestore, []string{"b:engine.remove(kv)", "a:engine.resume(kv)"}},
 	} {
@@ -290,6 +290,7 @@ func TestMigrateValidation(t *testing.T) {
 	}{
 		{api.MigrateRequest{Service: "nope", To: "b", Strategy: "symmetric", Technique: api.Cold}, ErrUnknownService},
 		{api.MigrateRequest{Service: testSvc, To: "zz", Strategy: "symmetric", Technique: api.Cold}, ErrUnknownPeer},
+		{api.MigrateRequest{Service: testSvc, To: "a", Strategy: "symmetric", Technique: api.Cold}, errors.New("a is this node")},
 		{api.MigrateRequest{Service: testSvc, To: "b", Strategy: "teleport", Technique: api.Cold}, ErrBadRequest},
 		{api.MigrateRequest{Service: testSvc, To: "b", Strategy: "symmetric", Technique: "warp"}, ErrBadRequest},
 	} {

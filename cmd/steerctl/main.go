@@ -41,6 +41,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
+	if strings.HasPrefix(err.Error(), "unknown command ") {
+		err = usageError{fmt.Errorf("%w (see 'steerctl --help')", err)}
+	}
+	if errors.Is(err, api.ErrUnreachable) {
+		err = fmt.Errorf("%w\n  is steerd running on this node? (socket %s; it is mode 0600 in a 0700 directory: run steerctl as root, or give --node/--socket of a running node)", err, g.socketPath())
+	}
 	fmt.Fprintf(stderr, "steerctl: %v\n", err)
 	var ue usageError
 	var me migrationFailed
@@ -72,17 +78,24 @@ type globals struct {
 }
 
 func (g *globals) client() (*api.Client, error) {
-	s := g.socket
+	s := g.socketPath()
 	if s == "" {
-		s = os.Getenv("STEERD_SOCKET")
-	}
-	if s == "" {
-		if g.node == "" {
-			return nil, usageError{errors.New("no control socket: give --socket PATH, --node NAME (socket /run/steerd/NAME/control.sock) or STEERD_SOCKET")}
-		}
-		s = api.DefaultSocket(g.node)
+		return nil, usageError{errors.New("no control socket: give --socket PATH, --node NAME (socket /run/steerd/NAME/control.sock) or STEERD_SOCKET")}
 	}
 	return api.NewClient(s), nil
+}
+
+// socketPath is the control socket the flags select ("" when none does).
+func (g *globals) socketPath() string {
+	switch {
+	case g.socket != "":
+		return g.socket
+	case os.Getenv("STEERD_SOCKET") != "":
+		return os.Getenv("STEERD_SOCKET")
+	case g.node != "":
+		return api.DefaultSocket(g.node)
+	}
+	return ""
 }
 
 func (g *globals) json() bool { return g.output == "json" }
@@ -156,6 +169,9 @@ Examples:
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dir == "" || nodes == "" {
 				return usageError{errors.New("init: --dir and --nodes are required")}
+			}
+			if strings.Trim(nodes, ", ") == "" {
+				return usageError{fmt.Errorf("init: --nodes %q names no node (want NAME[,NAME...])", nodes)}
 			}
 			var names []string
 			for _, n := range strings.Split(nodes, ",") {
@@ -568,6 +584,10 @@ Examples:
 			w := cmd.OutOrStdout()
 			if g.json() {
 				return writeJSON(w, rs)
+			}
+			if len(rs) == 0 {
+				_, err := fmt.Fprintln(w, "(no routes)")
+				return err
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "INSTANCE\tSERVICE\tKIND\tPEER\tPACKETS\tLAST SEEN")

@@ -78,8 +78,13 @@ func TestBadUsage(t *testing.T) {
 		}
 	}
 	code, _, errOut := steerctl(t, "--socket", filepath.Join(t.TempDir(), "none.sock"), "status")
-	if code != 1 || !strings.Contains(errOut, "control socket unreachable") {
+	if code != 1 || !strings.Contains(errOut, "control socket unreachable") || !strings.Contains(errOut, "is steerd running on this node?") {
 		t.Fatalf("unreachable: exit %d, %q", code, errOut)
+	}
+	for _, args := range [][]string{{"bogus"}, {"init", "--dir", t.TempDir(), "--nodes", ","}} {
+		if code, _, errOut := steerctl(t, args...); code != 2 {
+			t.Errorf("%v: exit %d (%q), want 2", args, code, errOut)
+		}
 	}
 }
 
@@ -139,7 +144,7 @@ func TestAgainstDaemon(t *testing.T) {
 		t.Fatalf("status json: %d %q", code, out)
 	}
 	code, out, _ = steerctl(t, "--socket", sock, "routes")
-	if code != 0 || !strings.Contains(out, "INSTANCE") {
+	if code != 0 || strings.TrimSpace(out) != "(no routes)" {
 		t.Fatalf("routes: %d %q", code, out)
 	}
 	code, _, errOut = steerctl(t, "--socket", sock, "migrate", "kv", "--to", "b")
