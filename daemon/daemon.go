@@ -231,6 +231,7 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 	}
 	d.mu.Lock()
 	s.state, s.peer = StateRunning, ""
+	d.saveStateLocked()
 	st := s.status()
 	d.mu.Unlock()
 	d.log.Info("service running", "service", def.Name, "pod", p.NetNS, "instance", def.Instance)

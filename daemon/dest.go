@@ -136,6 +136,7 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 		prevState = StateStopped
 	}
 	s.def, s.state, s.migration, s.peer = def, StateRestoring, q.Migration, ""
+	d.saveStateLocked()
 	in := &incoming{id: q.Migration, source: from, def: def, technique: q.Technique, dir: d.imageDir("incoming", q.Migration), tl: tl,
 		prevState: prevState, prevPeer: prevPeer}
 	d.incoming[q.Migration] = in
@@ -144,6 +145,7 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 		d.mu.Lock()
 		delete(d.incoming, q.Migration)
 		s.state, s.migration, s.peer = prevState, "", prevPeer
+		d.saveStateLocked()
 		d.mu.Unlock()
 		os.RemoveAll(in.dir)
 		return e
@@ -315,6 +317,7 @@ func (d *Daemon) restored(ctx context.Context, q restoredReq, r *PeerReply) (err
 	d.mu.Lock()
 	s := d.services[in.def.Name]
 	s.state, s.migration, s.peer = StateRunning, "", ""
+	d.saveStateLocked()
 	delete(d.incoming, q.Migration)
 	d.finishedIn[q.Migration] = in.tl
 	d.mu.Unlock()
@@ -359,6 +362,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 	d.mu.Lock()
 	if s, ok := d.services[in.def.Name]; ok && s.migration == q.Migration {
 		s.state, s.migration, s.pod, s.peer = in.prevState, "", nil, in.prevPeer
+		d.saveStateLocked()
 	}
 	d.mu.Unlock()
 	err := errors.Join(errs...)

@@ -123,11 +123,13 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 		return verr(fmt.Errorf("%w: state %s", ErrNotRunning, st))
 	}
 	s.state, s.migration = StateMigrating, id
+	d.saveStateLocked()
 	def := s.def
 	d.mu.Unlock()
 	if err := d.checkTechnique(ctx, req.Technique); err != nil {
 		d.mu.Lock()
 		s.state, s.migration = StateRunning, ""
+		d.saveStateLocked()
 		d.mu.Unlock()
 		return verr(err)
 	}
@@ -135,6 +137,7 @@ func (d *Daemon) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	d.mu.Lock()
 	if err != nil {
 		s.state, s.migration = StateRunning, ""
+		d.saveStateLocked()
 		d.mu.Unlock()
 		return verr(fmt.Errorf("dial peer %s: %w", req.To, err))
 	}
@@ -385,6 +388,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	d.mu.Lock()
 	oldPod := s.pod
 	s.state, s.peer, s.pod, s.migration = StateRemote, pdef.Name, nil, ""
+	d.saveStateLocked()
 	d.mu.Unlock()
 	var late []error
 	if err := step(api.PhaseComplete, func() error {
@@ -522,6 +526,7 @@ func (d *Daemon) rollback(mg *migration, s *service, def ServiceDef, peer Peer, 
 	mg.tl.end(api.PhaseRollback, err)
 	d.mu.Lock()
 	s.state, s.migration = StateRunning, ""
+	d.saveStateLocked()
 	d.mu.Unlock()
 	return err
 }

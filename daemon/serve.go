@@ -82,6 +82,9 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 		return err
 	}
 	defer d.Close()
+	if err := d.Recover(ctx); err != nil {
+		log.Error("recover node state", "error", err)
+	}
 	ps, err := d.ListenPeers(cert, roots)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
