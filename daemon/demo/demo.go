@@ -148,6 +148,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		printMigration(out, m, from, to, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]))
 		if routes, err := c.Steerctl(ctx, s.From, "routes"); err == nil {
+			if r := strings.TrimSpace(routes); r == "(no routes)" || !strings.Contains(r, "\n") {
+				routes = "(no routes: the forwarding entry was removed after the drain)\n"
+			}
 			fmt.Fprintf(out, "steerctl routes on %s after the drain:\n%s", from, indent(routes))
 		}
 		if m.Result != api.Succeeded {
@@ -254,13 +257,20 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 	line("restored (quicext)", api.PhaseRestored, to, "service told its new address")
 	line("complete ("+from+")", api.PhaseComplete, from, "source container removed")
 	line("drain ("+from+")", api.PhaseDrain, from, drainDetail(m.Events))
-	fmt.Fprintf(w, "  %-22s %10s  freeze to restored container running\n", "downtime", ms(m.Downtime))
+	fmt.Fprintf(w, "  %-22s %10s  freeze to restored container running: the service answers nobody (steerd's measure)\n", "downtime", ms(m.Downtime))
 	fmt.Fprintln(w, "XDP datapath during the migration (packets):")
 	fmt.Fprintf(w, "  %s: forwarded to %s %d, delivered locally %d, replies SNAT'd %d\n", from, to, src["forwarded"], src["local"], src["snat"]+src["snat_default"])
 	fmt.Fprintf(w, "  %s: decapsulated %d, delivered locally %d, replies SNAT'd %d (to the address the client used)\n", to, dst["decapsulated"], dst["local"], dst["snat"]+dst["snat_default"])
+	explain := map[string]string{
+		"pass_unknown_instance": "packets whose DCID names no instance this node steers, handed to the kernel (XDP_PASS): e.g. a late packet after the drain removed the entry",
+	}
 	for _, k := range []string{"drop_decap_undeliverable", "drop_peer_unreachable", "drop_too_big", "drop_error", "pass_unknown_instance"} {
 		if src[k]+dst[k] > 0 {
-			fmt.Fprintf(w, "  %s: %s %d, %s %d\n", k, from, src[k], to, dst[k])
+			fmt.Fprintf(w, "  %s: %s %d, %s %d", k, from, src[k], to, dst[k])
+			if e := explain[k]; e != "" {
+				fmt.Fprintf(w, " (%s)", e)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 }
@@ -279,6 +289,8 @@ func drainDetail(es []api.Event) string {
 func printLoad(w io.Writer, r *load.Report, c *Cluster) {
 	fmt.Fprintf(w, "load: %d connections, sent %d, received %d, lost %d, out of order %d, wrong %d, failed connections %d, switched %d, max gap %.1f ms\n",
 		len(r.Conns), r.Sent, r.Received, r.Lost, r.OutOfOrder, r.Wrong, r.Failed, r.Switched, r.MaxGapMS)
+	fmt.Fprintln(w, "  (max gap: the largest interval between two answers on one connection, what a client experienced;")
+	fmt.Fprintln(w, "   it includes the downtime, the freeze to restored container running that steerd measures, plus the path switch)")
 	names := map[string]string{}
 	for i := range c.Names {
 		names[c.Public(i).String()] = c.Names[i]
@@ -289,7 +301,7 @@ func printLoad(w io.Writer, r *load.Report, c *Cluster) {
 			n := names[s.Addr]
 			sw = append(sw, fmt.Sprintf("%s(%s)", s.Addr, n))
 		}
-		fmt.Fprintf(w, "  conn %d: %s, %d answered, counter %d..%d, max gap %.1f ms, switches [%s], ended on %s (%s)%s\n",
+		fmt.Fprintf(w, "  conn %d: strategies offered and agreed %s, %d answered, counter %d..%d, max gap %.1f ms, switches [%s], ended on %s (%s)%s\n",
 			cr.Conn, cr.Negotiated, cr.Received, cr.FirstValue, cr.LastValue, cr.MaxGap.MS, strings.Join(sw, " "), cr.ServerAddr, names[cr.ServerAddr], errSuffix(cr.Err))
 	}
 }
