@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -96,13 +98,25 @@ func ServeControl(l net.Listener, s *Server) error {
 
 // ServeControlWith is ServeControl with options.
 func ServeControlWith(l net.Listener, s *Server, o ControlOptions) error {
+	return ServeControlGroup(l, []*Server{s}, o)
+}
+
+// ServeControlGroup serves one control endpoint for several servers of one service (its pod's
+// IPv4 and IPv6 sockets): every request goes to all of them at once. prepare merges their
+// readiness (ready, not ready and unsupported lists joined; the longest elapsed time) and, when
+// one server fails, aborts the others so the service accepts again; restored and abort succeed
+// when every server did (distinct errors joined); status sums the connection counters.
+func ServeControlGroup(l net.Listener, servers []*Server, o ControlOptions) error {
+	if len(servers) == 0 {
+		return fmt.Errorf("serve control: no server")
+	}
 	o.defaults()
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return err
 		}
-		go serveControlConn(c, s, o)
+		go serveControlConn(c, servers, o)
 	}
 }
 
@@ -133,12 +147,12 @@ func readControlRequest(c net.Conn, o ControlOptions) (ControlRequest, error) {
 	return req, nil
 }
 
-func serveControlConn(c net.Conn, s *Server, o ControlOptions) {
+func serveControlConn(c net.Conn, servers []*Server, o ControlOptions) {
 	defer c.Close()
 	var resp ControlResponse
 	req, err := readControlRequest(c, o)
 	if err == nil {
-		resp, err = handleControl(s, req)
+		resp, err = handleControl(servers, req)
 	}
 	if err != nil {
 		resp = ControlResponse{Error: err.Error()}
@@ -150,7 +164,21 @@ func serveControlConn(c net.Conn, s *Server, o ControlOptions) {
 	c.Write(append(b, '\n'))
 }
 
-func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
+// checkTarget refuses a prepare target address that no client may be sent to.
+func checkTarget(t Target) error {
+	for _, a := range []netip.AddrPort{t.IPv4, t.IPv6} {
+		if !a.IsValid() {
+			continue
+		}
+		ip := a.Addr()
+		if ip.IsUnspecified() || ip.IsMulticast() || a.Port() == 0 || ip.Is4In6() {
+			return fmt.Errorf("handle control prepare: target %s: %w", a, ErrBadControlRequest)
+		}
+	}
+	return nil
+}
+
+func handleControl(servers []*Server, req ControlRequest) (ControlResponse, error) {
 	switch req.Op {
 	case "prepare":
 		st := StrategySymmetric
@@ -159,6 +187,12 @@ func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
 			if st, err = ParseStrategy(req.Strategy); err != nil {
 				return ControlResponse{}, err
 			}
+		}
+		if err := checkTarget(req.Target); err != nil {
+			return ControlResponse{}, err
+		}
+		if req.Target.IsZero() && (st.Has(StrategyExplicit) || st.Has(StrategyExplicitReactive)) {
+			return ControlResponse{}, fmt.Errorf("handle control prepare: strategy %v needs a target address: %w", st, ErrBadControlRequest)
 		}
 		to := time.Duration(req.TimeoutMS) * time.Millisecond
 		if to <= 0 {
@@ -173,23 +207,77 @@ func handleControl(s *Server, req ControlRequest) (ControlResponse, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), to)
 		defer cancel()
-		r, err := s.PrepareWith(ctx, req.Target, func(*quic.Conn) Strategy { return st },
-			PrepareOptions{CloseUnsupported: req.CloseUnsupported})
-		if err != nil {
+		rs := make([]Readiness, len(servers))
+		errs := make([]error, len(servers))
+		var wg sync.WaitGroup
+		for i, s := range servers {
+			wg.Go(func() {
+				rs[i], errs[i] = s.PrepareWith(ctx, req.Target, func(*quic.Conn) Strategy { return st },
+					PrepareOptions{CloseUnsupported: req.CloseUnsupported})
+			})
+		}
+		wg.Wait()
+		if err := joinDistinct(errs); err != nil {
+			for i, s := range servers { // undo the servers that did prepare: the service accepts again
+				if errs[i] == nil {
+					s.Abort()
+				}
+			}
 			return ControlResponse{}, err
 		}
-		return ControlResponse{Readiness: &r}, nil
-	case "restored":
+		m := rs[0]
+		for _, r := range rs[1:] {
+			m.Ready = append(m.Ready, r.Ready...)
+			m.NotReady = append(m.NotReady, r.NotReady...)
+			m.Unsupported = append(m.Unsupported, r.Unsupported...)
+			m.Closed += r.Closed
+			m.ElapsedMS = max(m.ElapsedMS, r.ElapsedMS)
+		}
+		return ControlResponse{Readiness: &m}, nil
+	case "restored", "abort":
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		return ControlResponse{}, s.Restored(ctx, req.Target)
-	case "abort":
-		return ControlResponse{}, s.Abort()
+		errs := make([]error, len(servers))
+		var wg sync.WaitGroup
+		for i, s := range servers {
+			wg.Go(func() {
+				if req.Op == "abort" {
+					errs[i] = s.Abort()
+				} else {
+					errs[i] = s.Restored(ctx, req.Target)
+				}
+			})
+		}
+		wg.Wait()
+		return ControlResponse{}, joinDistinct(errs)
 	case "status":
-		st := s.Status()
+		st := servers[0].Status()
+		for _, s := range servers[1:] {
+			o := s.Status()
+			st.Conns += o.Conns
+			st.Negotiated += o.Negotiated
+			st.Unsupported += o.Unsupported
+			st.RefusedHandshakes += o.RefusedHandshakes
+			st.InProgress += o.InProgress
+			st.LocalAddr += "," + o.LocalAddr
+		}
 		return ControlResponse{Status: &st}, nil
 	}
 	return ControlResponse{}, fmt.Errorf("handle control op %q: unknown op (want prepare, restored, abort or status): %w", req.Op, ErrBadControlRequest)
+}
+
+// joinDistinct joins the non-nil errors, each distinct message once (the servers of one service
+// usually fail for the same reason).
+func joinDistinct(errs []error) error {
+	seen := map[string]bool{}
+	var out []error
+	for _, e := range errs {
+		if e != nil && !seen[e.Error()] {
+			seen[e.Error()] = true
+			out = append(out, e)
+		}
+	}
+	return errors.Join(out...)
 }
 
 // ControlClient speaks to a control endpoint. Dial opens one connection per request (e.g. a

@@ -159,9 +159,9 @@ func TestQuicextControlAbuse(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	// Known deviations: kvservice serves its two quicext servers (IPv4 + IPv6 pod address) with
-	// its own reader (examples/kvservice/service/control.go serveMultiControl), which has no
-	// request size cap; and a prepare without a usable target is accepted.
+	// kvservice serves its two quicext servers (IPv4 + IPv6 pod address) through
+	// quicext.ServeControlGroup: the request size cap holds, and a prepare without a usable
+	// target is refused.
 	var known []string
 	if r, err := ask(append(bytes.Repeat([]byte("a"), 70000), '\n')); err != nil || !strings.Contains(r.Error, "longer than") {
 		known = append(known, fmt.Sprintf("70000-byte line answered %q (err %v), want the documented \"longer than 65536 bytes\"", r.Error, err))
