@@ -96,6 +96,14 @@ type Config struct {
 	Peers       []PeerDef    `json:"peers"`
 	// NoDatapath runs without the XDP datapath (control plane only; for tests and dry runs).
 	NoDatapath bool `json:"no_datapath,omitempty"`
+	// PinRoot is the bpf filesystem directory under which the datapath pins its maps and XDP
+	// links, one directory per network namespace (loader.PinDirFor), so that packets keep being
+	// steered while steerd restarts or after it crashed; default loader.DefaultPinRoot
+	// (/sys/fs/bpf/steerd); "none" pins nothing (the programs detach when steerd exits).
+	PinRoot string `json:"pin_root,omitempty"`
+	// DetachOnExit detaches the XDP programs and removes the pins when steerd exits (a node being
+	// taken out of service, test clusters); by default they stay and the next steerd adopts them.
+	DetachOnExit bool `json:"detach_on_exit,omitempty"`
 	// TunnelPort is the UDP port of the node-to-node encapsulation (0: DefaultTunnelPort); every
 	// node of a cluster uses the same.
 	TunnelPort uint16 `json:"tunnel_port,omitempty"`

@@ -67,7 +67,8 @@ type Datapath interface {
 	InstanceStats(instance uint64) (InstanceStats, error)
 	// Counters returns the datapath's global counters by reason name (packets).
 	Counters() (map[string]uint64, error)
-	// Close detaches the datapath.
+	// Close releases the datapath; a pinned XDP datapath keeps steering (Config.PinRoot) unless
+	// Config.DetachOnExit asks for a teardown.
 	Close() error
 }
 

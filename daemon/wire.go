@@ -10,6 +10,7 @@ import (
 
 	"github.com/steerd/steerd/connid"
 	"github.com/steerd/steerd/datapath"
+	"github.com/steerd/steerd/loader"
 )
 
 // XDP adapts package datapath to the daemon's Datapath interface: peers are named (datapath
@@ -32,9 +33,24 @@ func OpenXDP(cfg *Config) (*XDP, error) {
 			addrs = append(addrs, a)
 		}
 	}
+	var pinDir string
+	if cfg.PinRoot != "none" {
+		root := cfg.PinRoot
+		if root == "" {
+			root = loader.DefaultPinRoot
+		}
+		if err := loader.EnsureBPFFS(root); err != nil {
+			return nil, fmt.Errorf("open datapath: pin root %s: %w", root, err)
+		}
+		var err error
+		if pinDir, err = loader.PinDirFor(root); err != nil {
+			return nil, fmt.Errorf("open datapath: %w", err)
+		}
+	}
 	dp, err := datapath.Open(datapath.Config{
 		Uplink: cfg.Uplink, NodeAddrs: addrs, TunnelPort: cfg.TunnelPort,
 		CID: connid.DefaultConfig(cfg.ServerIDLen, cfg.NonceLen), MaxUDPPayload: cfg.MaxUDPPayload,
+		PinDir: pinDir,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open datapath on %s: %w", cfg.Uplink, err)
@@ -185,7 +201,12 @@ func (x *XDP) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) er
 func (x *XDP) DetachPod(hostIfindex int) error { return x.DP.DetachPod(hostIfindex) }
 
 // Close implements Datapath.
-func (x *XDP) Close() error { return x.DP.Close() }
+func (x *XDP) Close() error {
+	if x.cfg.DetachOnExit {
+		return x.DP.Detach()
+	}
+	return x.DP.Close()
+}
 
 // podAttacher is implemented by datapaths that need the pod veths (XDP).
 type podAttacher interface {

@@ -210,6 +210,7 @@ func (c *Cluster) nodeConfig(i int, pkiDir string) *daemon.Config {
 		ControlSocket: filepath.Join(c.WorkDir, name, "control.sock"),
 		PodNSPrefix:   fmt.Sprintf("stdr-t%s-%s-", c.TB.ID, name),
 		NoDatapath:    c.o.NoDatapath,
+		DetachOnExit:  true, // a test cluster leaves no XDP program or pin behind
 		Runtime:       "runc",
 		Services: []daemon.ServiceDef{{Name: Service, Port: Port, Instance: Instance, PodIPv4: Pod4, PodIPv6: Pod6,
 			Bundle: c.Bundle}},
