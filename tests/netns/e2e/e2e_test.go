@@ -12,8 +12,9 @@
 //     forwarded packets to the destination (explicit-reactive, pool: those clients move only on
 //     silence, so packets still reach the source); the source's forwarding entry is gone after the
 //     drain (control API routes); the clients that switch end on the destination's address.
-//   - unsupported/<technique>: a technique the engine cannot run fails at once, in phase
-//     checkpoint, with migrate.ErrTechniqueUnsupported's text, before the service is told anything.
+//   - unsupported/<technique>: a technique the engine cannot run is refused at once, in phase
+//     validate, with migrate.ErrTechniqueUnsupported's text, before the destination or the service
+//     is told anything (no migration is recorded).
 //   - fault/*: the destination steerd killed mid-migration; a service that never answers prepare
 //     (kvservice -control none); a peer presenting a certificate of another CA. Each time the
 //     migration is rolled back, the error names the node, phase and cause, and the load client
@@ -338,32 +339,36 @@ func (e *env) migrateCase(t *testing.T, strategy string, tq api.Technique, conns
 	}
 }
 
-// unsupportedCase asks for a technique the engine refuses: the migration must fail at once in
-// the checkpoint phase without touching the service.
+// unsupportedCase asks for a technique the engine refuses: the request must fail at once in the
+// validate phase, before any migration starts, without touching the service.
 func (e *env) unsupportedCase(t *testing.T, tq api.Technique) {
 	from, to := e.cur, 1-e.cur
 	ld := e.startLoad(t, from, demo.Port, 1, "symmetric")
 	time.Sleep(settle)
+	before, err := e.c.API[from].Migrations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	t0 := time.Now()
-	m := e.migrate(t, demo.Service, from, to, "symmetric", tq)
+	m, err := e.c.API[from].Migrate(context.Background(), api.MigrateRequest{Service: demo.Service, To: e.c.Names[to],
+		Strategy: "symmetric", Technique: tq, Wait: true})
 	took := time.Since(t0)
 	time.Sleep(settle)
 	checkLoad(t, ld)
-	if m.Result != api.RolledBack || m.Error == nil {
-		t.Fatalf("migration with %s: %s %v, want rolled-back", tq, m.Result, m.Error)
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("migration with %s: %+v, %v; want a validate error", tq, m, err)
 	}
-	if m.Error.Phase != api.PhaseCheckpt || m.Error.Node != e.c.Names[from] || !strings.Contains(m.Error.Cause, migrate.ErrTechniqueUnsupported.Error()) {
-		t.Errorf("error %+v: want node %s, phase %s, cause with %q", m.Error, e.c.Names[from], api.PhaseCheckpt, migrate.ErrTechniqueUnsupported)
+	if ae.Phase != api.PhaseValidate || ae.Node != e.c.Names[from] || !strings.Contains(ae.Cause, migrate.ErrTechniqueUnsupported.Error()) {
+		t.Errorf("error %+v: want node %s, phase %s, cause with %q", ae, e.c.Names[from], api.PhaseValidate, migrate.ErrTechniqueUnsupported)
 	}
-	for _, ev := range m.Events {
-		if ev.Phase == api.PhasePrepare {
-			t.Errorf("the service was told to prepare: %+v", ev)
-		}
+	if after, _ := e.c.API[from].Migrations(context.Background()); len(after) != len(before) {
+		t.Errorf("a refused migration was recorded: %d migrations, %d before", len(after), len(before))
 	}
 	if took > 3*time.Second {
 		t.Errorf("refusing %s took %v", tq, took)
 	}
-	t.Logf("%s refused in %v: %s", tq, took.Round(time.Millisecond), m.Error)
+	t.Logf("%s refused in %v: %s", tq, took.Round(time.Millisecond), ae)
 }
 
 // waitMigration polls a migration until it ended.
