@@ -262,7 +262,7 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 	fmt.Fprintf(w, "  %s: forwarded to %s %d, delivered locally %d, replies SNAT'd %d\n", from, to, src["forwarded"], src["local"], src["snat"]+src["snat_default"])
 	fmt.Fprintf(w, "  %s: decapsulated %d, delivered locally %d, replies SNAT'd %d (to the address the client used)\n", to, dst["decapsulated"], dst["local"], dst["snat"]+dst["snat_default"])
 	explain := map[string]string{
-		"pass_unknown_instance": "packets whose DCID names no instance this node steers, handed to the kernel (XDP_PASS): e.g. a late packet after the drain removed the entry",
+		"pass_unknown_instance": "packets whose DCID names no instance this node steers, handed to the kernel (XDP_PASS): sent before the node had the entry or after the drain removed it",
 	}
 	for _, k := range []string{"drop_decap_undeliverable", "drop_peer_unreachable", "drop_too_big", "drop_error", "pass_unknown_instance"} {
 		if src[k]+dst[k] > 0 {
@@ -290,7 +290,8 @@ func printLoad(w io.Writer, r *load.Report, c *Cluster) {
 	fmt.Fprintf(w, "load: %d connections, sent %d, received %d, lost %d, out of order %d, wrong %d, failed connections %d, switched %d, max gap %.1f ms\n",
 		len(r.Conns), r.Sent, r.Received, r.Lost, r.OutOfOrder, r.Wrong, r.Failed, r.Switched, r.MaxGapMS)
 	fmt.Fprintln(w, "  (max gap: the largest interval between two answers on one connection, what a client experienced;")
-	fmt.Fprintln(w, "   it includes the downtime, the freeze to restored container running that steerd measures, plus the path switch)")
+	fmt.Fprintln(w, "   downtime: steerd's measure, from the freeze to the end of the destination's restore call. CRIU lets the")
+	fmt.Fprintln(w, "   restored process run a little before that call returns, so max gap can be slightly below the downtime)")
 	names := map[string]string{}
 	for i := range c.Names {
 		names[c.Public(i).String()] = c.Names[i]
