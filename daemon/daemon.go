@@ -213,7 +213,11 @@ func (d *Daemon) Run(ctx context.Context, req api.RunRequest) (_ api.ServiceStat
 	if err := d.engine.Run(ctx, ContainerSpec{Name: def.Name, Bundle: bundle, Args: args, NetNSPath: netnsPath,
 		IPv4: def.PodIPv4, IPv6: def.PodIPv6}); err != nil {
 		undo()
-		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: start container: %w", def.Name, err))
+		hint := ""
+		if _, serr := os.Stat(d.runcStateDir(def.Name)); serr == nil && strings.Contains(err.Error(), "exists") {
+			hint = fmt.Sprintf(" (a container of a previous steerd run is still there: runc --root %s delete --force %s)", filepath.Dir(d.runcStateDir(def.Name)), def.Name)
+		}
+		return api.ServiceStatus{}, d.apiErr(api.PhaseRun, fmt.Errorf("run %s: start container: %w%s", def.Name, err, hint))
 	}
 	if owns {
 		if p, err = d.adoptPod(pe, def.Name); err != nil {

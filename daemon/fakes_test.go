@@ -168,6 +168,9 @@ func (e *fakeEngine) Supports(ctx context.Context, t api.Technique) error {
 
 func (e *fakeEngine) Run(ctx context.Context, s ContainerSpec) error {
 	e.c.add(e.node, "engine.run(%s)", s.Name)
+	if err := e.f.get("run"); err != nil {
+		return err
+	}
 	e.set(s.Name, "running")
 	return nil
 }

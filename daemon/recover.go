@@ -60,6 +60,12 @@ func (d *Daemon) saveStateLocked() {
 	}
 }
 
+// runcStateDir is where the runc engine's runc root keeps a container's state
+// (<state_dir>/engine/runc/<service>, see NewRuncEngine).
+func (d *Daemon) runcStateDir(service string) string {
+	return filepath.Join(d.cfg.StateDir, "engine", "runc", service)
+}
+
 // loadState reads stateFile (an empty map when there is none).
 func (d *Daemon) loadState() (map[string]savedState, error) {
 	m := map[string]savedState{}
@@ -97,7 +103,17 @@ func (d *Daemon) Recover(ctx context.Context) error {
 	}
 	var errs []error
 	found := map[string]RecoveredContainer{}
-	if re, ok := d.engine.(Recoverer); ok {
+	re, ok := d.engine.(Recoverer)
+	if !ok {
+		for _, s := range d.cfg.Services {
+			if _, err := os.Stat(d.runcStateDir(s.Name)); err == nil {
+				d.log.Warn("recover: a container of the previous run is still there, but this engine cannot adopt it; "+
+					"remove it (runc --root <state_dir>/engine/runc delete --force <service>) and run the service again",
+					"service", s.Name, "runc_state", d.runcStateDir(s.Name))
+			}
+		}
+	}
+	if ok {
 		cs, err := re.Recover(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("recover containers: %w", err))

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 
@@ -124,4 +126,26 @@ func contains(s []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// TestRunLeftoverHint: a run that fails because a previous run's container is still under the
+// runc root tells how to remove it.
+func TestRunLeftoverHint(t *testing.T) {
+	c, f := &calls{}, &fail{}
+	cfg := testConfig(t, "a", 20, "b", 21)
+	d, err := New(cfg, Deps{Datapath: newFakeDP("a", c, f), Engine: newFakeEngine("a", c, f), Control: &fakeCtl{node: "a", c: c, f: f},
+		Pods: &fakePods{node: "a", c: c, live: map[string]bool{}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Dial: func(string) (Peer, error) { return nil, ErrUnknownPeer }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := os.MkdirAll(d.runcStateDir(testSvc), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f.set("run", errors.New("run kv: container kv on a: container exists (runc state)"))
+	_, err = d.Run(context.Background(), api.RunRequest{Service: testSvc})
+	if err == nil || !strings.Contains(err.Error(), "delete --force kv") || !strings.Contains(err.Error(), cfg.StateDir) {
+		t.Fatalf("run over a leftover: %v", err)
+	}
 }
