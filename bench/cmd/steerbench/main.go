@@ -736,7 +736,13 @@ func (s *summary) headline() string {
 	if n == 0 {
 		b.WriteString("- no steerd cell ran (see the matrix section)\n")
 	}
-	b.WriteString("\n")
+	var tr []string
+	for _, c := range s.bl {
+		if cs := c.stats(); c.kind == baseline.KindTCPDNS && cs.n > 0 {
+			tr = append(tr, fmt.Sprintf("%s %s", c.label(), f2(cs.ratio.Median)))
+		}
+	}
+	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is the freeze (gap/freeze about 1.0 in every cell above), while TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", strings.Join(tr, ", "))
 	return b.String()
 }
 
