@@ -61,6 +61,11 @@ type Config struct {
 	Runc, Criu string
 	// Log receives the engine's progress messages (nil = discard).
 	Log *slog.Logger
+	// KeepLeftovers, when true, makes NewEngine leave the paused, stopped and created containers a
+	// previous run left in the runc root (it does not run RecoverFrozen): the caller lists them
+	// (List), adopts them (Adopt) and then resumes or deletes each one itself. A daemon that knows
+	// which migrations had committed sets it; false suits a process that cannot tell.
+	KeepLeftovers bool
 }
 
 // ContainerSpec describes a service container.
@@ -128,7 +133,7 @@ type Engine struct {
 }
 
 // NewEngine makes the engine of one node and creates its state directory. It removes the
-// containers a previous run left frozen or stopped (see RecoverFrozen).
+// containers a previous run left frozen or stopped (see RecoverFrozen) unless cfg.KeepLeftovers.
 func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.Node == "" || cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
 		return nil, fmt.Errorf("new engine: %w: Node and an absolute StateDir are required", ErrBadSpec)
@@ -156,7 +161,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: log.With("node", cfg.Node), ctrs: map[string]*Container{},
 		prepared: map[string]*pod.Pod{}, lazy: lazyState{m: map[string]*lazyDaemon{}}}
-	if _, err := exec.LookPath(cfg.Runc); err == nil {
+	if _, err := exec.LookPath(cfg.Runc); err == nil && !cfg.KeepLeftovers {
 		if _, err := e.RecoverFrozen(context.Background()); err != nil {
 			e.log.Warn("recover frozen containers", "err", err)
 		}
@@ -285,6 +290,13 @@ func (e *Engine) writeBundle(c *Container) error {
 	if err := os.WriteFile(filepath.Join(c.Bundle, "config.json"), b, 0o600); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
 	}
+	// The spec next to the bundle lets a later process adopt the container (Adopt).
+	if b, err = jsonSpec(c.Spec); err == nil {
+		err = os.WriteFile(filepath.Join(c.Bundle, SpecFile), b, 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
 	return nil
 }
 
@@ -298,8 +310,13 @@ func (e *Engine) discard(ctx context.Context, c *Container) {
 		if _, err := e.runc(ctx, "kill", c.Spec.ID, "KILL"); err != nil {
 			e.log.Warn("runc kill", "id", c.Spec.ID, "err", err)
 		}
-		if _, err := e.runc(ctx, "resume", c.Spec.ID); err != nil {
-			e.log.Warn("runc resume", "id", c.Spec.ID, "err", err)
+		// On cgroup v2 SIGKILL reaches frozen tasks: the container is "stopped" now and runc
+		// resume would fail with "container not paused". Thaw only what is still frozen (cgroup
+		// v1 freezer) so that the pending SIGKILL is delivered.
+		if st, err := e.state(ctx, c.Spec.ID); err == nil && st.Status == "paused" {
+			if _, err := e.runc(ctx, "resume", c.Spec.ID); err != nil {
+				e.log.Warn("runc resume", "id", c.Spec.ID, "err", err)
+			}
 		}
 	}
 	if out, err := e.runc(ctx, "delete", "--force", c.Spec.ID); err != nil && !strings.Contains(out, "not exist") {

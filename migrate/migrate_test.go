@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -761,4 +763,100 @@ func TestPreparedPodIsTakenByRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertClean(t, e.eng[0], "svc")
+}
+
+// logBuffer is a slog handler target that tests can search.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAdoptAfterRestart: with KeepLeftovers a second engine over the same state directory (a
+// restarted daemon) leaves a paused container alone, lists it, adopts it with the same spec, PID
+// and pod (veth indices from netlink), resumes it (the service answers with its counter intact)
+// and deletes it cleanly, without the "container not paused" warning of a kill + resume.
+func TestAdoptAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	spec := e.run(t, 0, false, 0)
+	cl := newUDPClient(t, e)
+	cl.count(t, "inc")
+	last := cl.count(t, "inc")
+	orig, err := e.eng[0].Container("svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.eng[0].Pause(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	cfg := e.eng[0].cfg
+	cfg.KeepLeftovers = true
+	cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	again, err := NewEngine(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first engine's record is stale now: forget it so its Close leaves the container.
+	e.eng[0].mu.Lock()
+	delete(e.eng[0].ctrs, "svc")
+	e.eng[0].mu.Unlock()
+	list, err := again.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0] != (Listed{ID: "svc", Status: "paused"}) {
+		t.Fatalf("List after restart = %v, want [svc paused]", list)
+	}
+	if _, err := again.Container("svc"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Container before Adopt: %v, want ErrNotFound", err)
+	}
+	c, err := again.Adopt(ctx, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PID != orig.PID || c.Pod.HostIndex != orig.Pod.HostIndex || c.Pod.PodIndex != orig.Pod.PodIndex ||
+		c.Pod.HostVeth != orig.Pod.HostVeth || c.Pod.NetNS != orig.Pod.NetNS || c.Pod.MTU != orig.Pod.MTU ||
+		c.Pod.HostMAC.String() != orig.Pod.HostMAC.String() || c.Pod.PodMAC.String() != orig.Pod.PodMAC.String() {
+		t.Errorf("adopted %+v pod %+v, want pid %d pod %+v", c, *c.Pod, orig.PID, *orig.Pod)
+	}
+	if c.Spec.ID != spec.ID || c.Spec.IPv4 != spec.IPv4 || c.Spec.IPv6 != spec.IPv6 || c.Spec.Binary != spec.Binary ||
+		strings.Join(c.Spec.Args, " ") != strings.Join(spec.Args, " ") {
+		t.Errorf("adopted spec %+v, want %+v", c.Spec, spec)
+	}
+	if _, err := again.Adopt(ctx, "svc"); !errors.Is(err, ErrExists) {
+		t.Errorf("second Adopt: %v, want ErrExists", err)
+	}
+	if _, err := again.Adopt(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Adopt of an unknown container: %v, want ErrNotFound", err)
+	}
+	if err := again.Resume(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if got := cl.count(t, "inc"); got != last+1 {
+		t.Errorf("inc after adopt + resume = %d, want %d", got, last+1)
+	}
+	// A paused adopted container is deleted (kill while frozen) without a failed runc resume.
+	if err := again.Pause(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Delete(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, again, "svc")
+	if l := logs.String(); strings.Contains(l, "level=WARN") {
+		t.Errorf("engine warnings while deleting a paused container:\n%s", l)
+	}
 }
