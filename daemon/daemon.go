@@ -50,6 +50,11 @@ type service struct {
 	pod       *pod.Pod
 	peer      string // StateRemote: where it went
 	migration string // current migration (source or destination)
+	// source and fenced are set on the destination of a migration (StateRestoring) from the fence
+	// to the commit: the source node, and the fenced pod's host-side veth ifindex (persisted so
+	// that a restarted steerd can ask the source for the outcome, see Recover).
+	source string
+	fenced int
 }
 
 func (s *service) status() api.ServiceStatus {
@@ -361,6 +366,22 @@ func (d *Daemon) adoptPod(pe PodEngine, service string) (*pod.Pod, error) {
 		}
 	}
 	return p, nil
+}
+
+// setFenced fences or unfences the pod with host-side veth hostIfindex (no-op without a datapath
+// that fences: then nothing keeps a destination's restored copy quiet before the commit).
+func (d *Daemon) setFenced(hostIfindex int, fenced bool) error {
+	f, ok := d.dp.(fencer)
+	if !ok {
+		return nil
+	}
+	if err := f.SetFenced(hostIfindex, fenced); err != nil {
+		if fenced {
+			return fmt.Errorf("fence pod veth %d: %w", hostIfindex, err)
+		}
+		return fmt.Errorf("unfence pod veth %d: %w", hostIfindex, err)
+	}
+	return nil
 }
 
 // createPod creates a service's pod namespace and attaches the datapath's pod programs.

@@ -32,7 +32,10 @@ type incoming struct {
 	prevState, prevPeer string
 	restored            bool // engine.Restore called (a container may exist)
 	local               bool // the datapath delivers the instance here
-	bytes               int64
+	// fenced: the pod is fenced (datapath SetFenced) from its attach until the source commits
+	// (opCommit); committed: the source committed, the pod is unfenced and abort refuses.
+	fenced, committed bool
+	bytes             int64
 }
 
 // servePeer runs one peer operation from the authenticated node from (destination side).
@@ -79,6 +82,17 @@ func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMe
 		var q abortReq
 		if dec(&q) {
 			err = d.abortIncoming(ctx, q, &r)
+		}
+	case opCommit:
+		phase = api.PhaseRestore
+		var q commitReq
+		if dec(&q) {
+			err = d.commitIncoming(from, q, &r)
+		}
+	case opOutcome:
+		var q outcomeReq
+		if dec(&q) {
+			r.Outcome = d.outcome(from, q)
 		}
 	default:
 		err = fmt.Errorf("peer operation %q: %w", op, ErrBadRequest)
@@ -135,7 +149,7 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	if prevState == "" {
 		prevState = StateStopped
 	}
-	s.def, s.state, s.migration, s.peer = def, StateRestoring, q.Migration, ""
+	s.def, s.state, s.migration, s.peer, s.source, s.fenced = def, StateRestoring, q.Migration, "", from, 0
 	d.saveStateLocked()
 	in := &incoming{id: q.Migration, source: from, def: def, technique: q.Technique, dir: d.imageDir("incoming", q.Migration), tl: tl,
 		prevState: prevState, prevPeer: prevPeer}
@@ -144,7 +158,7 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	fail := func(e error) error {
 		d.mu.Lock()
 		delete(d.incoming, q.Migration)
-		s.state, s.migration, s.peer = prevState, "", prevPeer
+		s.state, s.migration, s.peer, s.source, s.fenced = prevState, "", prevPeer, "", 0
 		d.saveStateLocked()
 		d.mu.Unlock()
 		os.RemoveAll(in.dir)
@@ -166,6 +180,15 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 				return fail(fmt.Errorf("attach datapath to pod %s: %w", p.NetNS, err))
 			}
 		}
+		// Fenced before anything can run in it: the restored copy stays silent until the source
+		// commits (opCommit), even if this steerd dies (the fence is pinned).
+		if err := d.fencePod(in, s, p); err != nil {
+			_ = d.engine.Remove(context.Background(), def.Name)
+			if pa, ok := d.dp.(podAttacher); ok {
+				_ = pa.DetachPod(p.HostIndex)
+			}
+			return fail(fmt.Errorf("prepare pod for %s: %w", def.Name, err))
+		}
 		d.mu.Lock()
 		in.pod, s.pod, in.prepared = p, p, true
 		d.mu.Unlock()
@@ -176,6 +199,10 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 	}
 	p, err := d.createPod(def)
 	if err != nil {
+		return fail(fmt.Errorf("create pod for %s: %w", def.Name, err))
+	}
+	if err := d.fencePod(in, s, p); err != nil {
+		_ = d.deletePod(p)
 		return fail(fmt.Errorf("create pod for %s: %w", def.Name, err))
 	}
 	d.mu.Lock()
@@ -287,6 +314,11 @@ func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err e
 		d.mu.Lock()
 		in.pod, d.services[in.def.Name].pod = p, p
 		d.mu.Unlock()
+		// The engine created the pod with the container: fenced as soon as it is known (the
+		// copy may have run since runc restore resumed it, without a route to clients yet).
+		if err := d.fencePod(in, d.services[in.def.Name], p); err != nil {
+			return fmt.Errorf("restore %s: %w", in.def.Name, err)
+		}
 	}
 	d.mu.Lock()
 	s := d.services[in.def.Name]
@@ -311,19 +343,116 @@ func (d *Daemon) restored(ctx context.Context, q restoredReq, r *PeerReply) (err
 	if in.pod == nil {
 		return fmt.Errorf("tell %s it was restored: %w: no pod (restore did not run)", in.def.Name, ErrNotRunning)
 	}
-	if err := d.ctl.Restored(ctx, in.pod.NetNS, q.Target); err != nil {
-		return fmt.Errorf("tell %s it was restored: %w", in.def.Name, err)
-	}
 	d.mu.Lock()
-	s := d.services[in.def.Name]
-	s.state, s.migration, s.peer = StateRunning, "", ""
-	d.saveStateLocked()
+	committed := in.committed
+	d.mu.Unlock()
+	if !committed {
+		// quicext "restored" makes the service send SERVER_MIGRATED: never from a fenced copy.
+		return fmt.Errorf("tell %s it was restored: %w: migration %s not committed (the pod is fenced)", in.def.Name, ErrBadRequest, q.Migration)
+	}
+	// The service is this node's since the commit: the migration ends here whether or not the
+	// service takes the quicext call.
+	d.mu.Lock()
 	delete(d.incoming, q.Migration)
 	d.finishedIn[q.Migration] = in.tl
 	d.mu.Unlock()
 	os.RemoveAll(in.dir)
+	if err := d.ctl.Restored(ctx, in.pod.NetNS, q.Target); err != nil {
+		return fmt.Errorf("tell %s it was restored: %w", in.def.Name, err)
+	}
 	d.log.Info("service restored", "migration", q.Migration, "service", in.def.Name, "from", in.source)
 	return nil
+}
+
+// fencePod fences p, the pod of incoming migration in (service s), and records the fence in the
+// persisted service state (Recover reads it after a restart).
+func (d *Daemon) fencePod(in *incoming, s *service, p *pod.Pod) error {
+	if err := d.setFenced(p.HostIndex, true); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	in.fenced = true
+	s.fenced = p.HostIndex
+	d.saveStateLocked()
+	d.mu.Unlock()
+	in.tl.add(api.Event{Phase: api.PhaseDest, Kind: api.Info, Detail: fmt.Sprintf("pod %s fenced (veth ifindex %d)", p.NetNS, p.HostIndex)})
+	return nil
+}
+
+// commitIncoming takes the source's commit (opCommit): the service is this node's now. It
+// unfences the restored copy and marks the service running; quicext "restored" follows
+// (opRestored). A second commit of the same migration is a no-op.
+func (d *Daemon) commitIncoming(from string, q commitReq, r *PeerReply) error {
+	in, err := d.getIncoming(q.Migration)
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	if in.source != from {
+		return fmt.Errorf("commit %s: %w: source is %q, not %q", q.Migration, ErrBadRequest, in.source, from)
+	}
+	mark := len(in.tl.snapshot())
+	defer func() { r.Events, _ = in.tl.since(mark) }()
+	d.mu.Lock()
+	restored, done := in.restored, in.committed
+	d.mu.Unlock()
+	if done {
+		return nil
+	}
+	if !restored || in.pod == nil {
+		return fmt.Errorf("commit %s: %w: restore did not run here", q.Migration, ErrNotRunning)
+	}
+	if in.fenced {
+		if err := d.setFenced(in.pod.HostIndex, false); err != nil {
+			return fmt.Errorf("commit %s: %w", q.Migration, err)
+		}
+	}
+	d.mu.Lock()
+	in.committed, in.fenced = true, false
+	s := d.services[in.def.Name]
+	s.state, s.migration, s.peer, s.source, s.fenced = StateRunning, "", "", "", 0
+	d.saveStateLocked()
+	d.mu.Unlock()
+	in.tl.add(api.Event{Phase: api.PhaseRestore, Kind: api.Info, Detail: "committed by " + from + ": pod unfenced, service runs here"})
+	d.log.Info("migration committed: service unfenced", "migration", q.Migration, "service", in.def.Name, "from", from)
+	return nil
+}
+
+// outcome answers a destination's question (opOutcome) about a migration this node was the
+// source of: committed once the source passed its commit point (the service's state here is
+// remote on the asking node), aborted when the migration ended without a commit or the service
+// runs here, pending otherwise (still running, or unknown: the asker stays fenced).
+func (d *Daemon) outcome(from string, q outcomeReq) string {
+	d.mu.Lock()
+	mg, known := d.migs[q.Migration]
+	s, ok := d.services[q.Service]
+	var state, peer, mig string
+	if ok {
+		state, peer, mig = s.state, s.peer, s.migration
+	}
+	d.mu.Unlock()
+	if known {
+		m := mg.snapshot(false)
+		switch {
+		case m.To != from:
+			return outcomePending
+		case mg.isCommitted():
+			return outcomeCommitted
+		case m.Result != api.Running:
+			return outcomeAborted
+		}
+		return outcomePending
+	}
+	switch {
+	case !ok:
+		return outcomePending
+	case state == StateRemote && peer == from:
+		return outcomeCommitted
+	case state == StateRunning || state == StateStopped || state == StateMigrating && mig != q.Migration:
+		// The service runs here (or nowhere) and no migration to from is in progress: whatever
+		// the asker holds was never committed.
+		return outcomeAborted
+	}
+	return outcomePending
 }
 
 // abortIncoming undoes an incoming migration: datapath entry, container, pod, image. Unknown
@@ -331,6 +460,10 @@ func (d *Daemon) restored(ctx context.Context, q restoredReq, r *PeerReply) (err
 func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) error {
 	d.mu.Lock()
 	in, ok := d.incoming[q.Migration]
+	if ok && in.committed {
+		d.mu.Unlock()
+		return fmt.Errorf("abort %s: %w: the source committed, the service runs here", q.Migration, ErrBusy)
+	}
 	if ok {
 		delete(d.incoming, q.Migration)
 		d.finishedIn[q.Migration] = in.tl
@@ -352,6 +485,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 		}
 	}
 	if in.pod != nil {
+		// DetachPod (in deletePod) also removes the fence: the container is gone by now.
 		if err := d.deletePod(in.pod); err != nil {
 			errs = append(errs, fmt.Errorf("delete pod: %w", err))
 		}
@@ -361,7 +495,7 @@ func (d *Daemon) abortIncoming(ctx context.Context, q abortReq, r *PeerReply) er
 	}
 	d.mu.Lock()
 	if s, ok := d.services[in.def.Name]; ok && s.migration == q.Migration {
-		s.state, s.migration, s.pod, s.peer = in.prevState, "", nil, in.prevPeer
+		s.state, s.migration, s.pod, s.peer, s.source, s.fenced = in.prevState, "", nil, in.prevPeer, "", 0
 		d.saveStateLocked()
 	}
 	d.mu.Unlock()

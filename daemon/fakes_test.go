@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -66,10 +67,58 @@ type fakeDP struct {
 	local map[uint64]LocalTarget
 	rem   map[uint64]string
 	stats map[uint64]InstanceStats
+	// fenced host veth ifindexes (SetFenced); DetachPod removes the fence as datapath.DetachPod.
+	fenced map[int]bool
 }
 
 func newFakeDP(node string, c *calls, f *fail) *fakeDP {
-	return &fakeDP{node: node, c: c, f: f, local: map[uint64]LocalTarget{}, rem: map[uint64]string{}, stats: map[uint64]InstanceStats{}}
+	return &fakeDP{node: node, c: c, f: f, local: map[uint64]LocalTarget{}, rem: map[uint64]string{}, stats: map[uint64]InstanceStats{},
+		fenced: map[int]bool{}}
+}
+
+func (d *fakeDP) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error { return nil }
+
+func (d *fakeDP) DetachPod(hostIfindex int) error {
+	d.mu.Lock()
+	delete(d.fenced, hostIfindex)
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *fakeDP) SetFenced(i int, on bool) error {
+	if on {
+		d.c.add(d.node, "dp.fence(%d)", i)
+	} else {
+		d.c.add(d.node, "dp.unfence(%d)", i)
+	}
+	if err := d.f.get("dp.fence." + d.node); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.fenced[i] = true
+	} else {
+		delete(d.fenced, i)
+	}
+	return nil
+}
+
+func (d *fakeDP) FencedPods() ([]int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []int
+	for i := range d.fenced {
+		out = append(out, i)
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+func (d *fakeDP) isFenced(i int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fenced[i]
 }
 
 func (d *fakeDP) SetLocal(i uint64, t LocalTarget) error {
@@ -331,6 +380,9 @@ func (l *loopPeer) Call(ctx context.Context, op string, req any) (*PeerReply, er
 		return nil, e
 	}
 	r := l.to.servePeer(ctx, l.from, op, body)
+	if e := l.f.get("peer." + op + ".after"); e != nil {
+		return nil, e // the peer ran the operation, the reply was lost
+	}
 	if r.Error != nil {
 		return r, r.Error
 	}

@@ -27,6 +27,10 @@ const (
 	rollbackTimeout = 30 * time.Second
 	// abortTimeout bounds the destination's abort during a rollback.
 	abortTimeout = 2 * time.Second
+	// commitTimeout bounds the source's attempts to deliver the commit (opCommit) to the
+	// destination; commitRetry is the pause between attempts.
+	commitTimeout = 10 * time.Second
+	commitRetry   = 200 * time.Millisecond
 )
 
 // migration is the source node's record of one migration.
@@ -35,6 +39,15 @@ type migration struct {
 	m    api.Migration
 	tl   *timeline
 	done chan struct{}
+	// committed is set at the commit point (the service's state here is remote): the migration
+	// never rolls back after it, and the destination's copy is the service (opOutcome).
+	committed bool
+}
+
+func (mg *migration) isCommitted() bool {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	return mg.committed
 }
 
 func (mg *migration) snapshot(events bool) api.Migration {
@@ -246,11 +259,18 @@ func (d *Daemon) Events(id string) ([]api.Event, error) {
 
 // runMigration is the source-side state machine:
 //
-//	prepare-dest -> checkpoint [pre-dumps, prepare (quicext, BeforeFreeze), freeze, dump, send]
-//	-> route (source forwards in-flight packets) -> restore (destination) -> restored (quicext on destination)
-//	-> complete (source container removed) -> drain -> source entry removed.
+//	prepare-dest (destination pod created and fenced) -> checkpoint [pre-dumps, prepare (quicext,
+//	BeforeFreeze), freeze, dump, send] -> route (source forwards in-flight packets) -> restore
+//	(destination, copy still fenced) -> COMMIT (state remote here, then opCommit: the destination
+//	unfences) -> restored (quicext on destination) -> complete (source container removed) -> drain
+//	-> source entry removed.
 //
-// Any failure up to "restored" rolls back: the service keeps running on the source.
+// Any failure before the commit rolls back: the service keeps running on the source. This is safe
+// even when the destination cannot be reached for the abort after its restore (its steerd died,
+// the peer channel broke): its copy is fenced in the datapath (pinned, enforced without steerd)
+// until it is told of the commit, so it cannot talk to clients while the source resumes. A
+// restarted destination asks the source for the outcome (opOutcome, Recover). After the commit
+// nothing rolls back: a failure is a late error of the migration.
 func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef PeerDef, peer Peer, req api.MigrateRequest) {
 	ctx, cancel := context.WithTimeout(d.ctx, migrationTimeout)
 	defer cancel()
@@ -374,23 +394,29 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 		mg.update(func(m *api.Migration) { m.Downtime = down })
 		d.met.downtime.WithLabelValues(string(req.Technique), req.Strategy).Observe(down.Seconds())
 	}
-	if err == nil {
-		err = step(api.PhaseRestored, func() error {
-			return call(opRestored, restoredReq{Migration: id, Service: def.Name, Target: tgt})
-		})
-	}
 	if err != nil {
 		d.failMigration(mg, s, def, peer, rb, podNS, err)
 		return
 	}
 
-	// Commit point: the service runs on the destination.
+	// Commit point: the service is the destination's. Saved before the destination hears of it:
+	// once it unfences, this node must never resume its copy (also not after a restart).
 	d.mu.Lock()
 	oldPod := s.pod
 	s.state, s.peer, s.pod, s.migration = StateRemote, pdef.Name, nil, ""
 	d.saveStateLocked()
 	d.mu.Unlock()
+	mg.update(func(*api.Migration) { mg.committed = true })
+	tl.add(api.Event{Phase: api.PhaseRestore, Kind: api.Info, Detail: "committed: the service is " + pdef.Name + "'s"})
 	var late []error
+	commitErr := d.sendCommit(ctx, tl, call, commitReq{Migration: id, Service: def.Name})
+	if commitErr != nil {
+		late = append(late, &phaseError{phase: api.PhaseRestore, err: commitErr})
+	} else if err := step(api.PhaseRestored, func() error {
+		return call(opRestored, restoredReq{Migration: id, Service: def.Name, Target: tgt})
+	}); err != nil {
+		late = append(late, err)
+	}
 	if err := step(api.PhaseComplete, func() error {
 		var errs []error
 		if err := d.engine.Complete(ctx, def.Name); err != nil {
@@ -436,6 +462,31 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 	mg.update(func(m *api.Migration) { m.Result, m.Ended, m.Error = result, time.Now(), aerr })
 	d.met.migrations.WithLabelValues(string(result), string(req.Technique), req.Strategy).Inc()
 	d.log.Info("migration end", "migration", id, "result", result, "downtime", mg.m.Downtime)
+}
+
+// sendCommit delivers the commit to the destination (opCommit), retrying for commitTimeout: until
+// it arrives the destination's copy stays fenced and the service answers nobody. If it never
+// arrives the destination learns the outcome when its steerd restarts (Recover asks this node).
+func (d *Daemon) sendCommit(ctx context.Context, tl *timeline, call func(string, any) error, q commitReq) error {
+	ctx, cancel := context.WithTimeout(ctx, commitTimeout)
+	defer cancel()
+	for {
+		err := call(opCommit, q)
+		var ae *api.Error
+		if err == nil || errors.As(err, &ae) {
+			if err != nil {
+				return fmt.Errorf("commit on destination: %w", err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("commit on destination not delivered within %v (its copy stays fenced until its steerd restarts and asks this node): %w", commitTimeout, err)
+			tl.add(api.Event{Phase: api.PhaseRestore, Kind: api.Fail, Detail: err.Error()})
+			return err
+		case <-time.After(commitRetry):
+		}
+	}
 }
 
 // pageServerAddr returns where this node's CRIU serves lazy pages (post-copy): the address of the
@@ -490,9 +541,12 @@ func (d *Daemon) rollback(mg *migration, s *service, def ServiceDef, peer Peer, 
 	}
 	if rb.destTouched {
 		// An unreachable destination must not keep the source frozen: the abort gets
-		// abortTimeout. Before restore the destination holds at most a pod and image files, so
-		// failing to clean them is noted but the rollback stands; after restore it may run a
-		// second copy of the service, and the rollback fails (an operator must look).
+		// abortTimeout. Before restore the destination holds at most a pod and image files;
+		// after restore it may run a second copy of the service. Either way resuming here is
+		// safe ONLY because that copy is fenced (prepare-restore fences the pod before any
+		// restore, and only opCommit, sent after the commit point, unfences it): it cannot talk
+		// to clients, and a restarted destination asks this node (opOutcome) and removes it. So
+		// a failed abort is noted, not a rollback failure.
 		actx, acancel := context.WithTimeout(ctx, abortTimeout)
 		r, err := peer.Call(actx, opAbort, abortReq{Migration: mg.m.ID, Service: def.Name})
 		acancel()
@@ -501,11 +555,11 @@ func (d *Daemon) rollback(mg *migration, s *service, def ServiceDef, peer Peer, 
 		}
 		if err != nil {
 			err = fmt.Errorf("abort on destination %s: %w", mg.m.To, err)
+			detail := "destination not cleaned up (no container there yet): " + err.Error()
 			if rb.restoreSent {
-				errs = append(errs, err)
-			} else {
-				mg.tl.add(api.Event{Phase: api.PhaseRollback, Kind: api.Info, Detail: "destination not cleaned up (no container there yet): " + err.Error()})
+				detail = "destination not cleaned up; its restored copy stays fenced until its steerd asks this node for the outcome: " + err.Error()
 			}
+			mg.tl.add(api.Event{Phase: api.PhaseRollback, Kind: api.Info, Detail: detail})
 		}
 	}
 	if rb.checkpoint {

@@ -49,6 +49,7 @@ func TestMigrationSuccessOrder(t *testing.T) {
 			want := []string{
 				"a:engine.supports(" + string(tech) + ")", // validate
 				"b:pods.create(stdr-test-b-kv)",
+				"b:dp.fence(101)", // before anything can run in the pod
 				"a:engine.checkpoint(kv," + string(tech) + ")",
 			}
 			if tech == api.PreCopy {
@@ -60,6 +61,7 @@ func TestMigrationSuccessOrder(t *testing.T) {
 				"a:dp.remote(7,b)", // the source forwards in-flight packets before the restore
 				"b:engine.restore(kv)",
 				"b:dp.local(7)",
+				"b:dp.unfence(101)", // opCommit, after the source's commit point
 				"b:ctl.restored(stdr-test-b-kv,198.18.21.2:4433)",
 				"a:engine.complete(kv)",
 				"a:pods.delete(stdr-test-a-kv)",
@@ -173,7 +175,6 @@ func TestMigrationRollback(t *testing.T) {
 		{"transfer", "send", "a", api.PhaseCheckpt, []string{"b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"restore", "restore", "b", api.PhaseRestore, []string{"a:dp.local(7)", "b:engine.remove(kv)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"route", "dp.remote", "a", api.PhaseRoute, []string{"a:dp.local(7)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
-		{"restored", "restored", "b", api.PhaseRestored, []string{"a:dp.local(7)", "b:dp.delete(7)", "b:engine.remove(kv)", "b:pods.delete(stdr-test-b-kv)", "a:engine.resume(kv)", "a:ctl.abort(stdr-test-a-kv)"}},
 		{"dest-route", "dp.local.b", "b", api.PhaseRestore, []string{"b:engine.remove(kv)", "a:engine.resume(kv)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

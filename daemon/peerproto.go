@@ -18,6 +18,19 @@ const (
 	opRestored       = "restored"        // tell the restored service (quicext "restored")
 	opRoute          = "route"           // set an instance local / remote / deleted
 	opAbort          = "abort"           // undo everything of a migration on this node
+	// opCommit (source -> destination, right after the source's commit point): unfence the
+	// restored copy, the service runs there now.
+	opCommit = "commit"
+	// opOutcome (destination -> source, a restarted destination with a fenced pod): did the
+	// migration commit? PeerReply.Outcome answers.
+	opOutcome = "outcome"
+)
+
+// Outcomes of a migration as its source reports them (opOutcome, PeerReply.Outcome).
+const (
+	outcomeCommitted = "committed" // the service is the destination's: unfence and run it
+	outcomeAborted   = "aborted"   // the source rolled back: remove the destination's copy
+	outcomePending   = "pending"   // not decided yet, or the source does not know: stay fenced
 )
 
 // peerRequest is the header line of a peer operation.
@@ -39,6 +52,18 @@ type PeerReply struct {
 	// SHA256 (hex) and Bytes are set for opImage: what the peer received.
 	SHA256 string `json:"sha256,omitempty"`
 	Bytes  int64  `json:"bytes,omitempty"`
+	// Outcome answers opOutcome: "committed", "aborted" or "pending".
+	Outcome string `json:"outcome,omitempty"`
+}
+
+type commitReq struct {
+	Migration string `json:"migration"`
+	Service   string `json:"service"`
+}
+
+type outcomeReq struct {
+	Migration string `json:"migration"`
+	Service   string `json:"service"`
 }
 
 type prepareRestoreReq struct {

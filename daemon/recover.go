@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 )
 
 // RecoveredContainer is a container a previous run of steerd left on this node, as the engine
@@ -39,6 +40,10 @@ type savedState struct {
 	State     string `json:"state"`
 	Peer      string `json:"peer,omitempty"`
 	Migration string `json:"migration,omitempty"`
+	// Source and Fenced (destination of a migration before its commit): the source node and the
+	// host-side veth ifindex of the fenced pod.
+	Source string `json:"source,omitempty"`
+	Fenced int    `json:"fenced,omitempty"`
 }
 
 // saveStateLocked writes every service's state to stateFile (write to a temporary file, then
@@ -46,7 +51,7 @@ type savedState struct {
 func (d *Daemon) saveStateLocked() {
 	m := make(map[string]savedState, len(d.services))
 	for name, s := range d.services {
-		m[name] = savedState{State: s.state, Peer: s.peer, Migration: s.migration}
+		m[name] = savedState{State: s.state, Peer: s.peer, Migration: s.migration, Source: s.source, Fenced: s.fenced}
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err == nil {
@@ -92,6 +97,11 @@ func (d *Daemon) loadState() (map[string]savedState, error) {
 //     destination aborts it when the peer channel drops) and runs here again;
 //   - any other paused, stopped or created container (a destination's half-restored copy, or the
 //     frozen source of a migration that had committed) is removed;
+//   - a fenced pod (datapath FencedPods) is the destination of a migration that was not committed
+//     when steerd stopped (resolveFenced): the source is asked for the outcome; committed: the pod
+//     is unfenced and its container runs here; aborted: the container and pod are removed (when
+//     the engine can adopt them; otherwise they stay fenced and the operator is told); source
+//     unreachable or undecided: the pod stays fenced (never unfenced blindly) and it is logged;
 //   - a service that had moved to another node (state "remote") shows that node again;
 //   - image directories of migrations the previous run did not finish are removed.
 //
@@ -122,6 +132,7 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			found[c.Service] = c
 		}
 	}
+	errs = append(errs, d.resolveFenced(ctx, saved, found)...)
 	names := make([]string, 0, len(found))
 	for n := range found {
 		names = append(names, n)
@@ -188,4 +199,123 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// outcomeTimeout bounds a restarted destination's question to the source (opOutcome).
+const outcomeTimeout = 3 * time.Second
+
+// resolveFenced settles the incoming migrations whose pod is still fenced after a restart (see
+// Recover). Containers it removes or keeps fenced are deleted from found, so Recover does not
+// adopt them.
+func (d *Daemon) resolveFenced(ctx context.Context, saved map[string]savedState, found map[string]RecoveredContainer) []error {
+	f, ok := d.dp.(fencer)
+	if !ok {
+		return nil
+	}
+	idx, err := f.FencedPods()
+	if err != nil {
+		return []error{fmt.Errorf("recover fenced pods: %w", err)}
+	}
+	fenced := map[int]bool{}
+	for _, i := range idx {
+		fenced[i] = true
+	}
+	names := make([]string, 0, len(saved))
+	for n := range saved {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, name := range names {
+		prev := saved[name]
+		if prev.State != StateRestoring || prev.Fenced == 0 || !fenced[prev.Fenced] {
+			continue
+		}
+		delete(fenced, prev.Fenced)
+		d.mu.Lock()
+		s, ok := d.services[name]
+		d.mu.Unlock()
+		if !ok {
+			d.log.Warn("recover: fenced pod of a service this node does not define: kept fenced", "service", name, "veth_ifindex", prev.Fenced)
+			continue
+		}
+		c, adoptable := found[name]
+		out, oerr := d.askOutcome(ctx, prev.Source, prev.Migration, name)
+		log := d.log.With("service", name, "migration", prev.Migration, "source", prev.Source, "veth_ifindex", prev.Fenced, "outcome", out)
+		keep := func(msg string) {
+			delete(found, name)
+			d.mu.Lock()
+			s.state, s.migration, s.source, s.fenced = StateRestoring, prev.Migration, prev.Source, prev.Fenced
+			d.mu.Unlock()
+			if oerr != nil {
+				log.Warn(msg, "error", oerr)
+			} else {
+				log.Warn(msg)
+			}
+		}
+		switch out {
+		case outcomeCommitted:
+			if err := d.setFenced(prev.Fenced, false); err != nil {
+				errs = append(errs, fmt.Errorf("recover %s: %w", name, err))
+				keep("recover: migration committed but the pod could not be unfenced: kept fenced")
+				continue
+			}
+			if !adoptable {
+				log.Warn("recover: migration committed: pod unfenced, but this engine cannot adopt the container; it runs on its pinned route")
+				continue
+			}
+			log.Info("recover: migration committed while steerd was down: pod unfenced", "status", c.Status)
+		case outcomeAborted:
+			if !adoptable {
+				keep("recover: migration was aborted, but this engine cannot remove the container: kept fenced; " +
+					"remove it (runc --root <state_dir>/engine/runc delete --force <service>) and the pod namespace")
+				continue
+			}
+			delete(found, name)
+			if err := d.engine.Remove(ctx, name); err != nil {
+				errs = append(errs, fmt.Errorf("recover %s: remove aborted copy: %w", name, err))
+				keep("recover: migration was aborted, removing the copy failed: kept fenced")
+				continue
+			}
+			if pa, ok := d.dp.(podAttacher); ok {
+				// The container (and with a PodEngine its pod) is gone: DetachPod removes the fence.
+				if err := pa.DetachPod(prev.Fenced); err != nil {
+					errs = append(errs, fmt.Errorf("recover %s: detach aborted pod: %w", name, err))
+				}
+			}
+			d.mu.Lock()
+			s.state, s.peer, s.migration, s.source, s.fenced = StateRemote, prev.Source, "", "", 0
+			d.mu.Unlock()
+			log.Warn("recover: migration was aborted by its source: restored copy removed")
+		default:
+			keep("recover: incoming migration not committed and its source cannot tell the outcome: pod kept fenced")
+		}
+	}
+	for i := range fenced {
+		d.log.Warn("recover: fenced pod of no known migration: kept fenced", "veth_ifindex", i)
+	}
+	return errs
+}
+
+// askOutcome asks the source of an incoming migration whether it committed (opOutcome);
+// outcomePending with an error when the source cannot be reached.
+func (d *Daemon) askOutcome(ctx context.Context, source, migration, service string) (string, error) {
+	if source == "" {
+		return outcomePending, fmt.Errorf("ask outcome of %s: %w: source not recorded", migration, ErrUnknownPeer)
+	}
+	p, err := d.dial(source)
+	if err != nil {
+		return outcomePending, fmt.Errorf("ask %s for the outcome of %s: %w", source, migration, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, outcomeTimeout)
+	defer cancel()
+	r, err := p.Call(ctx, opOutcome, outcomeReq{Migration: migration, Service: service})
+	if err != nil {
+		return outcomePending, fmt.Errorf("ask %s for the outcome of %s: %w", source, migration, err)
+	}
+	switch r.Outcome {
+	case outcomeCommitted, outcomeAborted:
+		return r.Outcome, nil
+	}
+	return outcomePending, nil
 }

@@ -197,8 +197,16 @@ func (x *XDP) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) er
 	return x.DP.AttachPod(hostIfindex, podNetNSPath, podIfindex)
 }
 
-// DetachPod detaches them.
+// DetachPod detaches them; it also removes the pod's fence.
 func (x *XDP) DetachPod(hostIfindex int) error { return x.DP.DetachPod(hostIfindex) }
+
+// SetFenced implements fencer (datapath.SetFenced, docs/datapath.md "Fencing").
+func (x *XDP) SetFenced(hostIfindex int, fenced bool) error {
+	return x.DP.SetFenced(hostIfindex, fenced)
+}
+
+// FencedPods implements fencer (datapath.FencedPods): host-side veth ifindexes, sorted.
+func (x *XDP) FencedPods() ([]int, error) { return x.DP.FencedPods() }
 
 // Close implements Datapath.
 func (x *XDP) Close() error {
@@ -212,4 +220,15 @@ func (x *XDP) Close() error {
 type podAttacher interface {
 	AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error
 	DetachPod(hostIfindex int) error
+}
+
+// fencer is implemented by datapaths that can fence a pod (XDP, docs/datapath.md "Fencing"): a
+// fenced pod's host-side veth drops every frame the pod sends and the uplink drops the packets
+// for its instance. The fence is pinned: it outlives steerd, so a migration's restored copy cannot
+// talk to clients until the source committed, even if the destination's steerd dies.
+type fencer interface {
+	// SetFenced fences (true) or unfences the pod with host-side veth hostIfindex.
+	SetFenced(hostIfindex int, fenced bool) error
+	// FencedPods lists the host-side veth ifindexes of the fenced pods.
+	FencedPods() ([]int, error)
 }
