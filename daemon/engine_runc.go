@@ -56,7 +56,9 @@ type RuncEngine struct {
 // NewRuncEngine returns the runc + CRIU engine of a node. Its state (runc root, generated bundles,
 // checkpoint images, runc logs) lives in <cfg.StateDir>/engine; pod namespaces are named
 // cfg.PodNS(service), the same names the daemon uses. runc and criu are looked up in PATH; the
-// error wraps ErrNoRuntime when either is missing.
+// error wraps ErrNoRuntime when either is missing. Containers a previous run left in the runc root
+// stay as they are (running, paused or stopped) until Recover adopts them and the daemon resumes
+// or removes each one (Daemon.Recover).
 func NewRuncEngine(cfg *Config, log *slog.Logger) (*RuncEngine, error) {
 	for _, b := range []string{"runc", "criu"} {
 		if _, err := exec.LookPath(b); err != nil {
@@ -70,7 +72,8 @@ func NewRuncEngine(cfg *Config, log *slog.Logger) (*RuncEngine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new runc engine: %w", err)
 	}
-	e, err := mig.NewEngine(mig.Config{Node: cfg.Node, StateDir: state, PodPrefix: cfg.PodNSPrefix, Log: log})
+	e, err := mig.NewEngine(mig.Config{Node: cfg.Node, StateDir: state, PodPrefix: cfg.PodNSPrefix, Log: log,
+		KeepLeftovers: true})
 	if err != nil {
 		return nil, fmt.Errorf("new runc engine: %w", err)
 	}
@@ -192,13 +195,49 @@ func (r *RuncEngine) Run(ctx context.Context, s ContainerSpec) error {
 	return err
 }
 
-// Pod implements PodEngine.
+// Pod implements PodEngine. An adopted container whose pod namespace or veth was gone
+// (migrate.ErrPodMissing) has no pod: the error wraps ErrNotRunning.
 func (r *RuncEngine) Pod(service string) (*pod.Pod, error) {
 	c, err := r.eng.Container(service)
 	if err != nil {
 		return nil, fmt.Errorf("pod of %s: %w: %w", service, ErrNotRunning, err)
 	}
+	if c.Pod == nil || c.Pod.HostIndex == 0 || c.Pod.PodIndex == 0 {
+		return nil, fmt.Errorf("pod of %s: %w: %w", service, ErrNotRunning, mig.ErrPodMissing)
+	}
 	return c.Pod, nil
+}
+
+var _ Recoverer = (*RuncEngine)(nil)
+
+// Recover implements Recoverer: it lists the containers of the engine's runc root
+// (<state_dir>/engine/runc, runc list) and adopts each one it does not know yet
+// (migrate.Engine.Adopt: spec from the bundle, PID from runc state, pod from the namespace
+// cfg.PodNS(service) and its veth pair). Every container is returned with runc's status, so that
+// the daemon resumes a paused one or removes a stopped one through Resume and Remove. A container
+// that could be adopted only in part (its pod namespace is gone: migrate.ErrPodMissing) is still
+// returned, and Remove works on it; its Pod is an error. The error joins the failures of the
+// runc list and of each adoption.
+func (r *RuncEngine) Recover(ctx context.Context) ([]RecoveredContainer, error) {
+	list, err := r.eng.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("recover containers: %w", err)
+	}
+	var out []RecoveredContainer
+	var errs []error
+	for _, l := range list {
+		if _, err := r.eng.Container(l.ID); err != nil {
+			c, err := r.eng.Adopt(ctx, l.ID)
+			if err != nil {
+				errs = append(errs, err)
+				if c == nil {
+					continue
+				}
+			}
+		}
+		out = append(out, RecoveredContainer{Service: l.ID, Status: l.Status})
+	}
+	return out, errors.Join(errs...)
 }
 
 // Checkpoint implements Engine (cold): technique check, BeforeFreeze (the quicext prepare), runc

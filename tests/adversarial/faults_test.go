@@ -152,26 +152,79 @@ func quicextStatus(c *demo.Cluster, i int) (quicext.Status, error) {
 }
 
 // TestSteerdRestartKeepsService restarts (SIGTERM) n0's steerd while kv runs. docs/operations.md:
-// stopping steerd "leaves the service containers running"; the restarted daemon must know the
-// service again (status running) so that it can migrate it.
+// stopping steerd "leaves the service containers running"; the restarted daemon must adopt the
+// container (same PID), report the service running with a local route for its instance, accept
+// new QUIC connections (the pod's XDP programs attached again), and migrate it to n1 and back
+// (the adopted container checkpoints and is deleted like one this run started) without the
+// "container not paused" warning of a discarded frozen source.
 func TestSteerdRestartKeepsService(t *testing.T) {
 	c := cluster(t)
+	ctx := context.Background()
+	pid := func() string {
+		out, _ := exec.Command("runc", "--root", runcRoot(c, 0), "list", "-f", "table").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == demo.Service {
+				return f[1]
+			}
+		}
+		return ""
+	}
+	before := pid()
 	c.StopSteerd(0, false)
-	if err := c.StartSteerd(context.Background(), 0); err != nil {
+	logStart := int64(0)
+	if fi, err := os.Stat(c.LogPath(0)); err == nil {
+		logStart = fi.Size()
+	}
+	if err := c.StartSteerd(ctx, 0); err != nil {
 		t.Fatalf("restart steerd n0: %v", err)
 	}
-	rs, st := runcState(c, 0, demo.Service), serviceState(c, 0, demo.Service)
-	if rs != "running" {
-		t.Fatalf("kv container after a steerd restart: %q, want running", rs)
+	if rs, p := runcState(c, 0, demo.Service), pid(); rs != "running" || p != before {
+		t.Fatalf("kv container after a steerd restart: %q pid %s, want running pid %s", rs, p, before)
 	}
-	perr := probeKV(c, 0, 300*time.Millisecond)
-	if st != "running" || perr != nil {
+	if st := serviceState(c, 0, demo.Service); st != "running" {
 		defer resetKV(t, c)
-		_, err := c.API[0].Migrate(context.Background(), api.MigrateRequest{Service: demo.Service, To: c.Names[1], Strategy: "symmetric",
-			Technique: api.Cold, Wait: true})
-		_, rerr := c.Steerctl(context.Background(), 0, "run", demo.Service)
-		t.Skipf("known bug: restarted steerd forgets running services and their pod XDP: status %q; new connections: %v; migrate: %v; run again: %v",
-			st, perr, err, rerr)
+		t.Fatalf("restarted steerd n0 reports kv %q, want running", st)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	rs, err := c.API[0].Routes(rctx)
+	cancel()
+	local := 0
+	for _, r := range rs {
+		if r.Service == demo.Service && r.Kind == api.Local {
+			local++
+		}
+	}
+	if err != nil || local != 1 {
+		defer resetKV(t, c)
+		t.Fatalf("routes of n0 after the restart: %+v (err %v), want one local route for kv", rs, err)
+	}
+	if err := probeKV(c, 0, 300*time.Millisecond); err != nil {
+		defer resetKV(t, c)
+		t.Fatalf("new connections to n0 after the restart: %v", err)
+	}
+	for _, hop := range [][2]int{{0, 1}, {1, 0}} {
+		m, err := c.API[hop[0]].Migrate(ctx, api.MigrateRequest{Service: demo.Service, To: c.Names[hop[1]],
+			Strategy: "symmetric", Technique: api.Cold, Wait: true})
+		if err != nil || m.Result != api.Succeeded {
+			defer resetKV(t, c)
+			t.Fatalf("migrate %s -> %s after the restart: %+v %v", c.Names[hop[0]], c.Names[hop[1]], m, err)
+		}
+		if err := probeKV(c, hop[1], 300*time.Millisecond); err != nil {
+			defer resetKV(t, c)
+			t.Fatalf("new connections to %s after the migration: %v", c.Names[hop[1]], err)
+		}
+	}
+	b, err := os.ReadFile(c.LogPath(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(b)) >= logStart {
+		b = b[logStart:]
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "container not paused") || strings.Contains(l, `"level":"ERROR"`) {
+			t.Errorf("n0 log since the restart: %s", l)
+		}
 	}
 }
 
