@@ -11,9 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
 	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/daemon/demo"
 	"github.com/steerd/steerd/internal/nsutil"
+	"github.com/steerd/steerd/loader"
+	"github.com/steerd/steerd/pod"
 	"github.com/steerd/steerd/quicext"
 )
 
@@ -292,9 +297,11 @@ func TestServiceProcessKilled(t *testing.T) {
 }
 
 // TestDestinationSteerdKilledAfterRestore kills -9 n1's steerd as soon as its restored kv
-// container runs (before the source routes to it). The destination cannot be reached for the
-// abort, so the docs say the rollback fails (result failed). Whatever the result, exactly one copy
-// of kv may run afterwards: two copies would both answer from the pod address.
+// container runs. The destination cannot be reached for the abort; the source rolls back and
+// resumes, which is safe only because n1's copy is fenced in n1's datapath (pinned, enforced
+// without steerd) until the source commits (docs/datapath.md "Fencing"). Whatever the result, at
+// most one copy of kv may talk afterwards: a second running copy must be fenced, also after n1's
+// steerd restarted (it asks n0 for the outcome and never unfences an aborted migration).
 func TestDestinationSteerdKilledAfterRestore(t *testing.T) {
 	c := cluster(t)
 	defer resetKV(t, c)
@@ -308,18 +315,67 @@ func TestDestinationSteerdKilledAfterRestore(t *testing.T) {
 	time.Sleep(time.Second)
 	rep, _ := ld.Stop()
 	rs0, rs1 := runcState(c, 0, demo.Service), runcState(c, 1, demo.Service)
-	t.Logf("migration %s: %s: %v; runc n0 %q n1 %q; load sent %d received %d lost %d failed %d",
-		id, m.Result, m.Error, rs0, rs1, rep.Sent, rep.Received, rep.Lost, rep.Failed)
+	fenced := kvFenced(t, c, 1)
+	t.Logf("migration %s: %s: %v; runc n0 %q n1 %q (n1 pod fenced %v); load sent %d received %d lost %d failed %d",
+		id, m.Result, m.Error, rs0, rs1, fenced, rep.Sent, rep.Received, rep.Lost, rep.Failed)
 	if m.Result == api.Running || m.Error == nil && m.Result != api.Succeeded {
 		t.Errorf("migration ended %s without an error", m.Result)
 	}
 	if m.Error != nil && m.Error.Node == "" {
 		t.Errorf("error names no node: %v", m.Error)
 	}
-	if rs0 == "running" && rs1 == "running" {
-		t.Skipf("known bug: after the destination's steerd died post-restore, kv runs on both n0 and n1 (result %s: %v)", m.Result, m.Error)
+	if rs0 == "running" && rs1 == "running" && !fenced {
+		t.Errorf("after the destination's steerd died post-restore, kv runs unfenced on both n0 and n1 (result %s: %v)", m.Result, m.Error)
 	}
 	if rs0 != "running" && rs1 != "running" {
 		t.Errorf("kv runs nowhere (n0 %q, n1 %q)", rs0, rs1)
 	}
+	if m.Result == api.RolledBack && rs0 == "running" {
+		// The service stayed on n0: the load through n0 lost at most what the freeze cost.
+		if rep.Received == 0 || rep.Lost*10 > rep.Sent {
+			t.Errorf("load through n0 after the rollback: sent %d received %d lost %d", rep.Sent, rep.Received, rep.Lost)
+		}
+		if err := probeKV(c, 0, 500*time.Millisecond); err != nil {
+			t.Errorf("new connections to n0 after the rollback: %v", err)
+		}
+	}
+	// n1's steerd comes back: n0 says the migration did not commit, so n1 must not unfence its
+	// copy (it removes it when its engine can adopt the container, else it keeps it fenced).
+	if err := c.StartSteerd(context.Background(), 1); err != nil {
+		t.Fatalf("restart steerd n1: %v", err)
+	}
+	rs1, fenced = runcState(c, 1, demo.Service), kvFenced(t, c, 1)
+	t.Logf("after restarting steerd n1: runc n1 %q fenced %v, steerd n1 reports kv %q", rs1, fenced, serviceState(c, 1, demo.Service))
+	if m.Result == api.RolledBack && rs1 == "running" && !fenced {
+		t.Errorf("restarted steerd n1 unfenced the copy of a migration n0 rolled back")
+	}
+}
+
+// kvFenced reports whether kv's pod on node i is fenced: its host-side veth is in the pinned
+// fenced map of the node's datapath (read directly: the node's steerd may be dead).
+func kvFenced(t *testing.T, c *demo.Cluster, i int) bool {
+	t.Helper()
+	var fenced bool
+	err := nsutil.Do(c.TB.Nodes[i].NS, func() error {
+		l, err := netlink.LinkByName(pod.HostVethName(c.Configs[i].PodNSPrefix + demo.Service))
+		if err != nil {
+			return nil // no pod: nothing to fence
+		}
+		dir, err := loader.PinDirFor(loader.DefaultPinRoot)
+		if err != nil {
+			return err
+		}
+		fm, err := ebpf.LoadPinnedMap(filepath.Join(dir, "fenced"), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			return fmt.Errorf("open pinned fenced map: %w", err)
+		}
+		defer fm.Close()
+		var v uint32
+		fenced = fm.Lookup(uint32(l.Attrs().Index), &v) == nil
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read fence on %s: %v", c.Names[i], err)
+	}
+	return fenced
 }
