@@ -25,6 +25,15 @@
 //	-cert/-key FILE     PEM certificate chain and key; without them a self-signed certificate is
 //	                    generated at start, and its SHA-256 printed for loadclient -pin
 //	-idle-timeout D     QUIC idle timeout (default 30s; must exceed a migration's freeze)
+//	-max-udp-payload N  cap every QUIC packet the service sends at N bytes of UDP payload,
+//	                    1200..1452 (quic-go Config.InitialPacketSize = N with
+//	                    DisablePathMTUDiscovery; RFC 9000 section 14). 0 (default): quic-go
+//	                    starts at 1280 and grows to 1452 by path MTU discovery. Set it to the
+//	                    value steerd's MTU error names when the links between the nodes have a
+//	                    1500-byte MTU: a node forwards a client packet to the node hosting the
+//	                    connection inside a UDP encapsulation: N = MTU - 48 (inner IPv6+UDP)
+//	                    - 28 (outer IPv4+UDP), or - 48 (outer IPv6+UDP) with IPv6 peers:
+//	                    1424, or 1404, for a 1500-byte MTU.
 //	-log-format F       text or json (log/slog)
 //	-log-file FILE      append logs to FILE (inside the container root: CRIU cannot dump host
 //	                    files as stdio, so stdout and stderr are /dev/null in the container)
@@ -69,9 +78,11 @@ type options struct {
 	pool        string
 	cert, key   string
 	idleTimeout time.Duration
-	logFormat   string
-	logFile     string
-	logLevel    string
+	// maxUDPPayload caps the UDP payload of every packet sent, in bytes (0: quic-go's PMTUD).
+	maxUDPPayload int
+	logFormat     string
+	logFile       string
+	logLevel      string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -96,6 +107,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.cert, "cert", "", "PEM certificate chain `file` (default: self-signed)")
 	fs.StringVar(&o.key, "key", "", "PEM private key `file`")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", service.DefaultIdleTimeout, "QUIC idle timeout")
+	fs.IntVar(&o.maxUDPPayload, "max-udp-payload", 0, "cap every QUIC packet at this many `bytes` of UDP payload, "+
+		"1200..1452 (quic-go InitialPacketSize with path MTU discovery off); 0: PMTUD up to 1452. "+
+		"Use the value steerd's MTU error names for 1500-byte links between nodes (1424 with IPv4 peers, 1404 with IPv6 peers)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logFile, "log-file", "", "append logs to this `file` instead of stderr")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -116,10 +130,38 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if (o.cert == "") != (o.key == "") {
 		return nil, errors.New("-cert and -key go together")
 	}
+	if o.maxUDPPayload != 0 && (o.maxUDPPayload < minUDPPayload || o.maxUDPPayload > maxUDPPayload) {
+		return nil, fmt.Errorf("-max-udp-payload %d: want 0 or %d..%d bytes (QUIC needs %d, RFC 9000 section 14; quic-go sends at most %d)",
+			o.maxUDPPayload, minUDPPayload, maxUDPPayload, minUDPPayload, maxUDPPayload)
+	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: want text or json", o.logFormat)
 	}
 	return o, nil
+}
+
+// UDP payload bounds of -max-udp-payload in bytes: RFC 9000 section 14 requires a path that
+// carries 1200-byte UDP payloads; quic-go never sends more than 1452 (its MaxPacketBufferSize).
+const (
+	minUDPPayload = 1200
+	maxUDPPayload = 1452
+)
+
+// quicConfig is the service's quic-go config: the idle timeout, and with -max-udp-payload a fixed
+// packet size (InitialPacketSize, which quic-go keeps as long as path MTU discovery is off).
+//
+// Its GetConfigForClient returns the same settings: quicext.Server installs a GetConfigForClient
+// that returns (nil, nil) when it has none to call, and quic-go then applies its defaults to the
+// connection instead of the listener's config.
+func quicConfig(o *options) *quic.Config {
+	base := &quic.Config{MaxIdleTimeout: o.idleTimeout}
+	if o.maxUDPPayload > 0 {
+		base.InitialPacketSize = uint16(o.maxUDPPayload)
+		base.DisablePathMTUDiscovery = true
+	}
+	qc := base.Clone()
+	qc.GetConfigForClient = func(*quic.ClientInfo) (*quic.Config, error) { return base.Clone(), nil }
+	return qc
 }
 
 // parseStrategies parses "all" or a comma-separated list of quicext strategy names.
@@ -245,7 +287,7 @@ func serve(o *options, log *slog.Logger, stdout io.Writer) error {
 		Strategies:  strategies,
 		Pool:        pool,
 		TLS:         &tls.Config{Certificates: []tls.Certificate{cert}},
-		QUIC:        &quic.Config{MaxIdleTimeout: o.idleTimeout},
+		QUIC:        quicConfig(o),
 		Logger:      log,
 	})
 	if err != nil {
@@ -274,7 +316,7 @@ func serve(o *options, log *slog.Logger, stdout io.Writer) error {
 	}
 	log.Info("kvservice listening", "addrs", addrs, "instance", o.instance, "sid_len", o.sidLen,
 		"cid_len", o.cidLen, "strategies", strategies.String(), "ballast_mb", o.ballastMB,
-		"cert_sha256", fp, "control", o.control, "pid", os.Getpid())
+		"cert_sha256", fp, "control", o.control, "max_udp_payload", o.maxUDPPayload, "pid", os.Getpid())
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)

@@ -4,17 +4,23 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
+	"github.com/steerd/steerd/examples/kv"
 	"github.com/steerd/steerd/examples/kvservice/service"
 	"github.com/steerd/steerd/examples/loadclient/load"
 	"github.com/steerd/steerd/quicext"
@@ -60,6 +66,8 @@ func TestFlagErrors(t *testing.T) {
 		{"cert without key", []string{"-listen", "127.0.0.2:1", "-cert", "c.pem"}, "-cert and -key go together"},
 		{"log format", []string{"-listen", "127.0.0.2:1", "-log-format", "xml"}, "want text or json"},
 		{"extra args", []string{"-listen", "127.0.0.2:1", "serve"}, "unexpected arguments"},
+		{"payload below QUIC's minimum", []string{"-listen", "127.0.0.2:1", "-max-udp-payload", "1199"}, "want 0 or 1200..1452"},
+		{"payload above quic-go's maximum", []string{"-listen", "127.0.0.2:1", "-max-udp-payload", "1500"}, "want 0 or 1200..1452"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,4 +291,82 @@ func TestBinaryDualStack(t *testing.T) {
 		t.Errorf("stats %+v: want ballast ok, 4 keys, %d requests (what the clients sent)", stats, sent)
 	}
 	p.stop(t)
+}
+
+// sizeConn records the largest datagram read.
+type sizeConn struct {
+	net.PacketConn
+	max atomic.Int64
+}
+
+func (c *sizeConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, a, err := c.PacketConn.ReadFrom(b)
+	if int64(n) > c.max.Load() {
+		c.max.Store(int64(n))
+	}
+	return n, a, err
+}
+
+// largestServerPacket connects to addr, sends PINGs for d and returns the largest UDP payload the
+// server sent.
+func largestServerPacket(t *testing.T, addr string, d time.Duration) int64 {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &sizeConn{PacketConn: pc}
+	tr := &quic.Transport{Conn: sc}
+	defer tr.Close()
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := tr.Dial(ctx, ua, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{kv.ALPN}}, &quic.Config{})
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.CloseWithError(0, "")
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(st)
+	for i, end := 0, time.Now().Add(d); time.Now().Before(end); i++ {
+		if _, err := fmt.Fprintf(st, "PING %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := r.ReadString('\n'); err != nil || l != fmt.Sprintf("PONG %d\n", i) {
+			t.Fatalf("PING %d: %q %v", i, l, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return sc.max.Load()
+}
+
+// TestMaxUDPPayload: with -max-udp-payload 1250 no packet from the service exceeds 1250 bytes of
+// UDP payload (its Initial datagrams are padded to at least 1200, RFC 9000 section 14.1), while
+// without it quic-go's path MTU discovery on loopback sends probes above 1250.
+func TestMaxUDPPayload(t *testing.T) {
+	// sizeConn is no *net.UDPConn: quic-go cannot size its receive buffer (irrelevant here).
+	t.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	measure := func(args ...string) int64 {
+		p := startBinary(t, nil, append([]string{"-listen", "127.0.0.2:0", "-control", "none"}, args...)...)
+		n := largestServerPacket(t, p.addrs[0], time.Second)
+		// The service has logged the client's close before it stops (stop wants its last line).
+		waitLog(t, p, func(l []byte) bool { return bytes.Contains(l, []byte(`"msg":"connection closed"`)) })
+		p.stop(t)
+		return n
+	}
+	defMax := measure()
+	capMax := measure("-max-udp-payload", "1250")
+	t.Logf("largest server packet: default %d bytes, -max-udp-payload 1250: %d bytes", defMax, capMax)
+	if capMax > 1250 || capMax < 1200 {
+		t.Errorf("with -max-udp-payload 1250 the largest server packet is %d bytes, want 1200..1250", capMax)
+	}
+	if defMax <= 1250 {
+		t.Errorf("without -max-udp-payload the largest server packet is %d bytes: PMTUD did not probe beyond 1250, so the cap is untested", defMax)
+	}
 }
