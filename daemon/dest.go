@@ -393,16 +393,16 @@ func (d *Daemon) commitIncoming(from string, q commitReq, r *PeerReply) error {
 	mark := len(in.tl.snapshot())
 	defer func() { r.Events, _ = in.tl.since(mark) }()
 	d.mu.Lock()
-	restored, done := in.restored, in.committed
+	restored, done, fenced, p := in.restored, in.committed, in.fenced, in.pod
 	d.mu.Unlock()
 	if done {
 		return nil
 	}
-	if !restored || in.pod == nil {
+	if !restored || p == nil {
 		return fmt.Errorf("commit %s: %w: restore did not run here", q.Migration, ErrNotRunning)
 	}
-	if in.fenced {
-		if err := d.setFenced(in.pod.HostIndex, false); err != nil {
+	if fenced {
+		if err := d.setFenced(p.HostIndex, false); err != nil {
 			return fmt.Errorf("commit %s: %w", q.Migration, err)
 		}
 	}
