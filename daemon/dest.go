@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/pod"
@@ -304,6 +305,7 @@ func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err e
 		return fmt.Errorf("restore %s (%s): %w", in.def.Name, in.technique, err)
 	}
 	if in.prepared {
+		d.watchIncoming(q.Migration)
 		return nil
 	}
 	if pe, ok := d.engine.(PodEngine); ok {
@@ -325,7 +327,70 @@ func (d *Daemon) restore(ctx context.Context, q restoreReq, r *PeerReply) (err e
 	lt := s.local()
 	in.local = true
 	d.mu.Unlock()
-	return d.setLocal(in.def.Instance, in.def.Name, lt)
+	if err := d.setLocal(in.def.Instance, in.def.Name, lt); err != nil {
+		return err
+	}
+	d.watchIncoming(q.Migration)
+	return nil
+}
+
+// resolveAfter is how long a restored, fenced copy waits for the source's commit or abort before
+// it asks the source for the outcome (opOutcome); resolveRetry the pause between questions. It is
+// longer than the source's commitTimeout, so it only settles migrations whose commit or abort
+// was lost (broken peer channel, a source that restarted).
+var (
+	resolveAfter = 15 * time.Second
+	resolveRetry = 5 * time.Second
+)
+
+// watchIncoming settles an incoming migration that is still fenced resolveAfter after its restore:
+// committed at the source -> unfence and run (quicext "restored" is not sent: the source did not
+// reach this node); aborted -> abortIncoming; undecided or unreachable -> stay fenced, ask again.
+func (d *Daemon) watchIncoming(id string) {
+	wait, retry := resolveAfter, resolveRetry
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = retry
+			d.mu.Lock()
+			in, ok := d.incoming[id]
+			open := ok && !in.committed
+			d.mu.Unlock()
+			if !open {
+				return
+			}
+			out, err := d.askOutcome(d.ctx, in.source, id, in.def.Name)
+			log := d.log.With("migration", id, "service", in.def.Name, "source", in.source, "outcome", out)
+			switch out {
+			case outcomeCommitted:
+				if err := d.commitIncoming(in.source, commitReq{Migration: id, Service: in.def.Name}, &PeerReply{}); err != nil {
+					log.Warn("incoming migration committed at the source, unfencing failed", "error", err)
+					continue
+				}
+				d.mu.Lock()
+				delete(d.incoming, id)
+				d.finishedIn[id] = in.tl
+				d.mu.Unlock()
+				os.RemoveAll(in.dir)
+				log.Warn("incoming migration: commit was lost, the source says committed: unfenced and running (quicext restored not sent)")
+				return
+			case outcomeAborted:
+				if err := d.abortIncoming(d.ctx, abortReq{Migration: id, Service: in.def.Name}, &PeerReply{}); err != nil {
+					log.Warn("incoming migration aborted at the source, cleanup failed", "error", err)
+				} else {
+					log.Warn("incoming migration: abort was lost, the source says aborted: restored copy removed")
+				}
+				return
+			}
+			log.Warn("incoming migration still fenced: no commit or abort from the source", "error", err)
+		}
+	}()
 }
 
 // restored tells the restored service its new public address and ends the incoming migration.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/steerd/steerd/api"
 )
@@ -174,5 +175,58 @@ func TestOutcome(t *testing.T) {
 	// Unknown to this run (a restarted source): the saved service state decides.
 	if got := a.d.outcome("b", outcomeReq{Migration: "gone", Service: testSvc}); got != outcomeCommitted {
 		t.Fatalf("unknown migration, service remote on b: %s", got)
+	}
+}
+
+// TestLostCommitResolved: the source committed but its opCommit never reached the destination
+// (broken channel): the source ends failed without rolling back; the destination, still fenced,
+// asks the source after resolveAfter and unfences.
+func TestLostCommitResolved(t *testing.T) {
+	defer func(a, r time.Duration) { resolveAfter, resolveRetry = a, r }(resolveAfter, resolveRetry)
+	defer func(c time.Duration) { commitTimeout = c }(commitTimeout)
+	resolveAfter, resolveRetry, commitTimeout = 300*time.Millisecond, 100*time.Millisecond, 500*time.Millisecond
+	a, b, c, f := pair(t)
+	f.set("peer.commit", errors.New("peer channel closed"))
+	start := time.Now()
+	m := migrate(t, a, api.MigrateRequest{})
+	if m.Result != api.Failed || m.Error == nil || m.Error.Phase != api.PhaseRestore {
+		t.Fatalf("result %s, error %+v", m.Result, m.Error)
+	}
+	if el := time.Since(start); el < commitTimeout {
+		t.Fatalf("source gave up on the commit after %v, want >= %v", el, commitTimeout)
+	}
+	if st := a.d.Status().Services[0]; st.State != StateRemote || a.eng.get(testSvc) != "removed" {
+		t.Fatalf("source %+v container %s", st, a.eng.get(testSvc))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.dp.isFenced(podIx) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := b.d.Status().Services[0]; b.dp.isFenced(podIx) || st.State != StateRunning || b.eng.get(testSvc) != "running" {
+		t.Fatalf("destination fenced %v %+v container %s (calls %q)", b.dp.isFenced(podIx), st, b.eng.get(testSvc), c.list())
+	}
+}
+
+// TestLostAbortResolved: the source rolled back but the abort never reached the live
+// destination: it asks the source after resolveAfter and removes its fenced copy.
+func TestLostAbortResolved(t *testing.T) {
+	defer func(a, r time.Duration) { resolveAfter, resolveRetry = a, r }(resolveAfter, resolveRetry)
+	resolveAfter, resolveRetry = 300*time.Millisecond, 100*time.Millisecond
+	a, b, _, f := pair(t)
+	lost := errors.New("peer channel closed")
+	f.set("peer.restore.after", lost)
+	f.set("peer.abort", lost)
+	if m := migrate(t, a, api.MigrateRequest{}); m.Result != api.RolledBack {
+		t.Fatalf("result %s %v", m.Result, m.Error)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.eng.get(testSvc) != "removed" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := b.d.Status().Services[0]; b.eng.get(testSvc) != "removed" || b.dp.isFenced(podIx) || st.State != StateStopped || b.pods.has("stdr-test-b-kv") {
+		t.Fatalf("destination container %s fenced %v %+v", b.eng.get(testSvc), b.dp.isFenced(podIx), st)
+	}
+	if a.eng.get(testSvc) != "running" || a.d.Status().Services[0].State != StateRunning {
+		t.Fatalf("source %s", a.eng.get(testSvc))
 	}
 }

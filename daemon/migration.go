@@ -27,8 +27,11 @@ const (
 	rollbackTimeout = 30 * time.Second
 	// abortTimeout bounds the destination's abort during a rollback.
 	abortTimeout = 2 * time.Second
-	// commitTimeout bounds the source's attempts to deliver the commit (opCommit) to the
-	// destination; commitRetry is the pause between attempts.
+)
+
+// commitTimeout bounds the source's attempts to deliver the commit (opCommit) to the
+// destination; commitRetry is the pause between attempts (variables for tests).
+var (
 	commitTimeout = 10 * time.Second
 	commitRetry   = 200 * time.Millisecond
 )
