@@ -535,3 +535,32 @@ func TestControlEndpoint(t *testing.T) {
 	})
 	tb.finish("control endpoint")
 }
+
+// TestServerConfigApplies checks that the service's quic.Config holds for its connections (the
+// admission callback quicext installs must not fall back to quic-go's defaults): a server that
+// allows one incoming bidirectional stream lets the client open exactly one.
+func TestServerConfigApplies(t *testing.T) {
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stls, ctls := tlsConfs(t)
+	s, err := NewServer(&quic.Transport{Conn: uc}, stls, &quic.Config{MaxIncomingStreams: 1}, ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := Dial(ctx, uc.LocalAddr().String(), ctls, &quic.Config{}, ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.CloseWithError(0, "")
+	if _, err := cc.Conn.OpenStream(); err != nil {
+		t.Fatalf("first stream: %v", err)
+	}
+	if _, err := cc.Conn.OpenStream(); err == nil {
+		t.Fatal("a second bidirectional stream opened: the server's MaxIncomingStreams = 1 was not applied (quic-go defaults used)")
+	}
+}

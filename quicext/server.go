@@ -246,6 +246,11 @@ func NewServer(tr *quic.Transport, tlsConf *tls.Config, quicConf *quic.Config, c
 		qc = &quic.Config{}
 	}
 	userGet := qc.GetConfigForClient
+	// quic-go uses the config GetConfigForClient returns for the connection, and its defaults
+	// when that is nil: return the listener's own config (without the callback), so the
+	// service's settings (idle timeout, packet size, ...) hold for every connection.
+	base := qc.Clone()
+	base.GetConfigForClient = nil
 	qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
 		s.mu.Lock()
 		p := s.prepared
@@ -256,7 +261,7 @@ func NewServer(tr *quic.Transport, tlsConf *tls.Config, quicConf *quic.Config, c
 		if userGet != nil {
 			return userGet(info)
 		}
-		return nil, nil
+		return base, nil
 	}
 	userCC := tr.ConnContext
 	tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
