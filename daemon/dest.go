@@ -156,6 +156,14 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 		prevState: prevState, prevPeer: prevPeer}
 	d.incoming[q.Migration] = in
 	d.mu.Unlock()
+	// From here on the source may vanish before it sends restore or abort (its steerd killed
+	// while the service was frozen): the watcher asks it for the outcome after resolveAfter, and
+	// a restarted source that resumed its copy answers "aborted", so this node cleans up.
+	defer func() {
+		if err == nil {
+			d.watchPreRestore(q.Migration)
+		}
+	}()
 	fail := func(e error) error {
 		d.mu.Lock()
 		delete(d.incoming, q.Migration)
@@ -389,6 +397,49 @@ func (d *Daemon) watchIncoming(id string) {
 				return
 			}
 			log.Warn("incoming migration still fenced: no commit or abort from the source", "error", err)
+		}
+	}()
+}
+
+// watchPreRestore settles an incoming migration whose source vanished before it sent restore
+// (its steerd killed while the service was frozen): resolveAfter after prepare-restore, while no
+// restore has started, it asks the source; "aborted" (a restarted source that resumed its own
+// copy) removes the prepared pod here. Once restore starts, watchIncoming takes over.
+func (d *Daemon) watchPreRestore(id string) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		wait := resolveAfter
+		for {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = resolveRetry
+			d.mu.Lock()
+			in, ok := d.incoming[id]
+			open := ok && !in.restored
+			d.mu.Unlock()
+			if !open {
+				return
+			}
+			if out, _ := d.askOutcome(d.ctx, in.source, id, in.def.Name); out != outcomeAborted {
+				continue
+			}
+			d.mu.Lock()
+			still := d.incoming[id] == in && !in.restored
+			d.mu.Unlock()
+			if !still {
+				return
+			}
+			log := d.log.With("migration", id, "service", in.def.Name, "source", in.source)
+			if err := d.abortIncoming(d.ctx, abortReq{Migration: id, Service: in.def.Name}, &PeerReply{}); err != nil {
+				log.Warn("incoming migration aborted at the source before restore, cleanup failed", "error", err)
+			} else {
+				log.Warn("incoming migration: the source gave it up before restore (no abort reached this node): prepared pod removed")
+			}
+			return
 		}
 	}()
 }

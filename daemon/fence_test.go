@@ -220,7 +220,11 @@ func TestLostAbortResolved(t *testing.T) {
 		t.Fatalf("result %s %v", m.Result, m.Error)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for b.eng.get(testSvc) != "removed" && time.Now().Before(deadline) {
+	cleaned := func() bool { // the container goes first, the service state last (abortIncoming)
+		return b.eng.get(testSvc) == "removed" && !b.dp.isFenced(podIx) && !b.pods.has("stdr-test-b-kv") &&
+			b.d.Status().Services[0].State == StateStopped
+	}
+	for !cleaned() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if st := b.d.Status().Services[0]; b.eng.get(testSvc) != "removed" || b.dp.isFenced(podIx) || st.State != StateStopped || b.pods.has("stdr-test-b-kv") {

@@ -181,6 +181,15 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			continue
 		}
 		d.log.Info("recover: service running again", "service", name, "pod", p.NetNS, "instance", s.def.Instance, "status_found", c.Status)
+		if prev.State == StateMigrating && d.ctl != nil {
+			// The interrupted migration may have prepared the service (quicext refuses new
+			// handshakes until restored or abort): abort it, as the rollback would have.
+			if err := d.ctl.Abort(ctx, p.NetNS); err != nil {
+				d.log.Warn("recover: quicext abort not delivered; the service may refuse new connections until it is aborted", "service", name, "error", err)
+			} else {
+				d.log.Info("recover: quicext preparation of the interrupted migration aborted", "service", name)
+			}
+		}
 	}
 	d.mu.Lock()
 	for name, s := range d.services {
