@@ -717,7 +717,7 @@ func (s *summary) headline() string {
 		}
 	}
 	sums := matrix.Summarize(s.matrix)
-	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd (QUIC server migration + XDP datapath, cold CRIU), as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing); no-move floor %s ms.\n\n", s.o.ttls[0], f1(floor))
+	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd (QUIC server migration + XDP datapath; CRIU technique on each line), as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing); no-move floor %s ms.\n\n", s.o.ttls[0], f1(floor))
 	n := 0
 	for _, size := range s.o.sizes {
 		for _, c := range sums {
@@ -742,7 +742,7 @@ func (s *summary) headline() string {
 			tr = append(tr, fmt.Sprintf("%s %s", c.label(), f2(cs.ratio.Median)))
 		}
 	}
-	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is the freeze (gap/freeze about 1.0 in every cell above), while TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", strings.Join(tr, ", "))
+	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is at most the freeze (gap/freeze at most about 1.0 above; below 1 where the daemon's downtime ends after the service answers again, as with post-copy, whose restored process runs while its pages are still fetched), while TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", strings.Join(tr, ", "))
 	return b.String()
 }
 

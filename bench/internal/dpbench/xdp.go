@@ -85,6 +85,10 @@ func (XDP) Start(s *Setup) (_ func(), err error) {
 		dpA.SetRemote(s.SinkInstance, peerB),
 		dpA.AddService(datapath.Service{Public: s.Public, FallbackPeer: peerB, HasFallback: true}),
 		dpB.AddService(datapath.Service{Public: netip.AddrPortFrom(b.IPv4, s.Public.Port()), DefaultInstance: s.SinkInstance, HasDefault: true}),
+		// Node B delivers a decapsulated packet only when its inner destination is a service
+		// address it knows (drop_decap_not_service): node A's public address, as the daemon
+		// adds its peers' public addresses (daemon/wire.go).
+		dpB.AddService(datapath.Service{Public: s.Public, DefaultInstance: s.SinkInstance, HasDefault: true}),
 		dpB.SetLocal(s.SinkInstance, datapath.LocalTarget{HostIfindex: p.HostIndex, Pod4: p.IPv4, PodPort: s.Sink.Port(),
 			Public: []netip.AddrPort{s.Public}}),
 		b.Do(func() error { return dpB.AttachPod(p.HostIndex, p.Path(), p.PodIndex) }),
