@@ -28,7 +28,7 @@ generate: ## rebuild the BPF objects and their Go bindings with $(CLANG)
 generate-check: generate ## fail when the committed BPF objects differ from a fresh build
 	git diff --exit-code -- loader/ || { echo "BPF objects are stale: run 'make generate' and commit"; exit 1; }
 
-test: ## run every test, privileged ones included (root); prints the skip count
+test: deps ## run every test, privileged ones included (root; installs what is missing first); prints the skip count
 	./scripts/test.sh $(TESTFLAGS)
 
 test-short: ## unit tests only, no root needed
