@@ -117,7 +117,7 @@ certificates.
 Examples:
   steerctl init --dir /etc/steerd/pki --nodes n0,n1
   steerctl --node n0 run kv
-  steerctl --node n0 migrate kv --to n1 --strategy symmetric --technique pre-copy
+  steerctl --node n0 migrate kv --to n1 --strategy symmetric --technique cold
   steerctl --node n0 status -o json
   steerctl --socket /run/steerd/n0/control.sock events`,
 		SilenceUsage:  true,
@@ -298,17 +298,19 @@ over the mutually authenticated peer channel, restores it there, makes NODE deli
 service's instance locally and itself forward it to NODE, tells the service it was
 restored, and forwards until no packet for the instance arrived for the drain period.
 
-Any failure before the service was told it was restored rolls back: the service keeps
-running on the source. Errors name the node, the phase and the cause.
+Any failure before the commit (the end of the restore; the destination's copy is fenced
+until then) rolls back: the service keeps running on the source. Errors name the node, the
+phase and the cause.
 
 Strategies: symmetric, sync-symmetric, explicit-proactive (or explicit), explicit-reactive, pool
-Techniques: cold, pre-copy, post-copy, hybrid
+Techniques: cold, pre-copy, post-copy, hybrid (pre-copy and hybrid need soft-dirty memory
+tracking, CONFIG_MEM_SOFT_DIRTY; a node refuses a technique it cannot run before anything moves)
 
 Exit status: 0 succeeded, 3 the migration failed (rolled back or not), 1 other errors.
 
 Examples:
   steerctl --node n0 migrate kv --to n1 --strategy symmetric --technique cold
-  steerctl --node n1 migrate kv --to n0 --strategy explicit-reactive --technique pre-copy
+  steerctl --node n1 migrate kv --to n0 --strategy explicit-reactive --technique post-copy
   steerctl --node n0 migrate kv --to n1 --strategy pool --technique post-copy --no-wait -o json`,
 		Args: exactArgs(1, "SERVICE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
