@@ -299,8 +299,8 @@ service's instance locally and itself forward it to NODE, tells the service it w
 restored, and forwards until no packet for the instance arrived for the drain period.
 
 Any failure before the commit (the end of the restore; the destination's copy is fenced
-until then) rolls back: the service keeps running on the source. Errors name the node, the
-phase and the cause.
+until then) rolls back: the service keeps running on the source.
+Errors name the node, the phase and the cause.
 
 Strategies: symmetric, sync-symmetric, explicit-proactive (or explicit), explicit-reactive, pool
 Techniques: cold, pre-copy, post-copy, hybrid (pre-copy and hybrid need soft-dirty memory
