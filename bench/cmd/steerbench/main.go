@@ -742,7 +742,17 @@ func (s *summary) headline() string {
 			tr = append(tr, fmt.Sprintf("%s %s", c.label(), f2(cs.ratio.Median)))
 		}
 	}
-	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is at most the freeze (gap/freeze at most about 1.0 above; below 1 where the daemon's downtime ends after the service answers again, as with post-copy, whose restored process runs while its pages are still fetched), while TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", strings.Join(tr, ", "))
+	var above []string
+	for _, c := range sums {
+		if c.Runs > 0 && c.XDP && c.Ratio.Median > 1.1 {
+			above = append(above, fmt.Sprintf("%s %s", c.Cell, f2(c.Ratio.Median)))
+		}
+	}
+	aboveText := "no steerd cell is above 1.1"
+	if len(above) > 0 {
+		aboveText = "steerd cells above 1.1, where the client waits longer than the freeze: " + strings.Join(above, ", ")
+	}
+	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is about the freeze or less (below 1 where the daemon's downtime ends after the service answers again, as with post-copy, whose restored process runs while its pages are still fetched); %s. TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", aboveText, strings.Join(tr, ", "))
 	return b.String()
 }
 
