@@ -48,9 +48,10 @@ func (c Cell) String() string {
 	return fmt.Sprintf("%s/%s/%dMB/xdp-%s", c.Strategy, c.Technique, c.BallastMB, x)
 }
 
-// Cells returns the whole matrix in priority order: when the budget cannot give every cell the
-// minimum number of runs, the first cells are the ones that run. The order puts XDP on before
-// off, the extreme sizes (0 and 100 MB) before the middle ones, then technique, then strategy.
+// Cells returns the whole matrix in priority order: when the budget cannot give every group (see
+// Group) the minimum number of runs, the groups of the first cells are the ones that run. The
+// order puts the extreme sizes (0 and 100 MB) before the middle ones, XDP on before off, then
+// technique, then strategy.
 func Cells() []Cell {
 	var out []Cell
 	for _, size := range []int{0, 100, 50, 10} {
@@ -65,6 +66,27 @@ func Cells() []Cell {
 	return out
 }
 
+// Group is what one migration measures: the technique, the container size and the datapath. A
+// migration carries one client connection per strategy of the group, each offering only its own
+// strategy (quicext negotiates the strategy per connection, docs/quicext-wire.md), so one freeze
+// gives one sample of every strategy's cell.
+type Group struct {
+	Technique string
+	BallastMB int
+	XDP       bool
+}
+
+func (g Group) String() string {
+	x := "off"
+	if g.XDP {
+		x = "on"
+	}
+	return fmt.Sprintf("%s/%dMB/xdp-%s", g.Technique, g.BallastMB, x)
+}
+
+// Group returns the group the cell belongs to.
+func (c Cell) Group() Group { return Group{Technique: c.Technique, BallastMB: c.BallastMB, XDP: c.XDP} }
+
 // Env is what a Migrator gets for each run.
 type Env struct {
 	TB *netns.Testbed
@@ -74,7 +96,7 @@ type Env struct {
 	Interval time.Duration
 }
 
-// Sample is one measured migration.
+// Sample is one strategy's measurement of one migration.
 type Sample struct {
 	// ClientGap is the largest interval between successive responses at the client around the
 	// move; Freeze the time the service process was frozen (from the migrate engine's report).
@@ -88,50 +110,60 @@ type Sample struct {
 	Notes string
 }
 
-// Migrator performs and measures one migration of a cell on the testbed.
+// Result is one strategy's outcome of one migration: a Sample, or the error that made its
+// connection's measurement void (the connection failed, no report).
+type Result struct {
+	Strategy string
+	Sample
+	Err error
+}
+
+// Migrator performs and measures migrations on the testbed.
 type Migrator interface {
 	// Name identifies the implementation in the report.
 	Name() string
 	// Ready returns nil when cell can run, or an error wrapping ErrNotReady that says why not.
 	Ready(cell Cell) error
-	// Run migrates the service once under cell and measures it.
-	Run(ctx context.Context, env *Env, cell Cell, run int) (Sample, error)
+	// Run migrates the service once under group with one client connection per strategy and
+	// returns a Result per strategy, in the order given. An error means the migration itself
+	// failed (every strategy's run counts as an error).
+	Run(ctx context.Context, env *Env, g Group, strategies []string, run int) ([]Result, error)
 }
 
-// Plan is the run count per cell derived from the time budget.
+// Plan is the run count per group derived from the time budget.
 type Plan struct {
 	Budget, PerRun time.Duration
 	RunsPerCell    int
-	// Run are the cells that get RunsPerCell runs; Skipped the ones the budget leaves out.
-	Run, Skipped []Cell
+	// Run are the groups that get RunsPerCell runs; Skipped the ones the budget leaves out.
+	Run, Skipped []Group
 	// Note explains the computation for the report.
 	Note string
 }
 
-// PlanRuns divides budget among cells given the time of one run: runs per cell is
-// budget / (cells x perRun), capped at maxRuns. When that is below minRuns, every run cell gets
-// minRuns and only as many cells (in the given priority order) as fit are run.
-func PlanRuns(cells []Cell, budget, perRun time.Duration, minRuns, maxRuns int) Plan {
+// PlanRuns divides budget among groups given the time of one run (one migration): runs per
+// group is budget / (groups x perRun), capped at maxRuns. When that is below minRuns, every run
+// group gets minRuns and only as many groups (in the given priority order) as fit are run.
+func PlanRuns(groups []Group, budget, perRun time.Duration, minRuns, maxRuns int) Plan {
 	p := Plan{Budget: budget, PerRun: perRun}
-	if len(cells) == 0 || perRun <= 0 {
+	if len(groups) == 0 || perRun <= 0 {
 		p.Note = "no runnable cell"
-		p.Skipped = cells
+		p.Skipped = groups
 		return p
 	}
-	n := int(budget / (time.Duration(len(cells)) * perRun))
+	n := int(budget / (time.Duration(len(groups)) * perRun))
 	if n >= minRuns {
 		p.RunsPerCell = min(n, maxRuns)
-		p.Run = cells
-		p.Note = fmt.Sprintf("budget %s / (%d cells x %.1f s per run) = %d runs per cell (cap %d)",
-			budget.Round(time.Second), len(cells), perRun.Seconds(), n, maxRuns)
+		p.Run = groups
+		p.Note = fmt.Sprintf("budget %s / (%d migration groups x %.1f s per migration) = %d runs per cell (cap %d)",
+			budget.Round(time.Second), len(groups), perRun.Seconds(), n, maxRuns)
 		return p
 	}
 	fit := int(budget / (time.Duration(minRuns) * perRun))
-	fit = max(0, min(fit, len(cells)))
+	fit = max(0, min(fit, len(groups)))
 	p.RunsPerCell = minRuns
-	p.Run, p.Skipped = cells[:fit], cells[fit:]
-	p.Note = fmt.Sprintf("budget %s / (%d cells x %.1f s per run) = %d runs per cell < %d: %d cells run %d times each in priority order, %d cells not run (over budget)",
-		budget.Round(time.Second), len(cells), perRun.Seconds(), n, minRuns, fit, minRuns, len(cells)-fit)
+	p.Run, p.Skipped = groups[:fit], groups[fit:]
+	p.Note = fmt.Sprintf("budget %s / (%d migration groups x %.1f s per migration) = %d runs per cell < %d: %d groups run %d times each in priority order, %d groups not run (over budget)",
+		budget.Round(time.Second), len(groups), perRun.Seconds(), n, minRuns, fit, minRuns, len(groups)-fit)
 	return p
 }
 
@@ -165,33 +197,39 @@ type Runner struct {
 	PlanTaken Plan
 }
 
-// Run calibrates on the first ready cell, plans the run count, and runs. Cells whose migrator is
-// not ready get one row "not run: <reason>".
+// Run groups the ready cells (one migration measures every ready strategy of a group),
+// calibrates on the first group, plans the run count, and runs. Cells whose migrator is not
+// ready get one row "not run: <reason>".
 func (r *Runner) Run(ctx context.Context, cells []Cell) []Row {
 	var rows []Row
-	var ready []Cell
+	var groups []Group
+	strategies := map[Group][]string{}
 	for _, c := range cells {
 		if err := r.M.Ready(c); err != nil {
 			rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Status: "not run: " + err.Error()})
 			continue
 		}
-		ready = append(ready, c)
+		g := c.Group()
+		if _, ok := strategies[g]; !ok {
+			groups = append(groups, g)
+		}
+		strategies[g] = append(strategies[g], c.Strategy)
 	}
-	if len(ready) == 0 {
+	if len(groups) == 0 {
 		r.PlanTaken = Plan{Budget: r.Budget, Note: fmt.Sprintf("no cell is runnable with migrator %s; 0 s of the %s budget used", r.M.Name(), r.Budget.Round(time.Second))}
 		return rows
 	}
-	// Calibration: the first run of the first cell gives the time of one run.
+	// Calibration: the first run of the first group gives the time of one migration.
 	start := time.Now()
-	s, err := r.M.Run(ctx, r.Env, ready[0], 0)
+	g0 := groups[0]
+	res, err := r.M.Run(ctx, r.Env, g0, strategies[g0], 0)
 	perRun := time.Since(start)
-	rows = append(rows, row(r.M.Name(), ready[0], 0, s, err))
-	r.logRun(ready[0], 0, s, err)
+	rows = append(rows, r.rows(g0, strategies[g0], 0, res, err)...)
 	if err != nil {
 		// A failed calibration run is no estimate of a migration: assume MinPerRun.
 		perRun = max(perRun, MinPerRun)
 	}
-	r.PlanTaken = PlanRuns(ready, r.Budget-perRun, perRun, r.MinRuns, r.MaxRuns)
+	r.PlanTaken = PlanRuns(groups, r.Budget-perRun, perRun, r.MinRuns, r.MaxRuns)
 	if r.Logf != nil {
 		r.Logf("matrix plan: %s", r.PlanTaken.Note)
 	}
@@ -200,25 +238,28 @@ func (r *Runner) Run(ctx context.Context, cells []Cell) []Row {
 	if err != nil {
 		consecutive = 1
 	}
-	var lastErr error = err
-	for i, c := range r.PlanTaken.Run {
+	lastErr := err
+	for i, g := range r.PlanTaken.Run {
 		first := 0
 		if i == 0 {
 			first = 1 // the calibration run counts
 		}
 		for run := first; run < r.PlanTaken.RunsPerCell; run++ {
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Run: run, Status: "not run: budget exhausted"})
+			var why string
+			switch {
+			case time.Now().After(deadline) || ctx.Err() != nil:
+				why = "not run: budget exhausted"
+			case consecutive >= MaxConsecutiveErrors:
+				why = fmt.Sprintf("not run: the matrix stopped after %d consecutive errors; last: %v", consecutive, lastErr)
+			}
+			if why != "" {
+				for _, s := range strategies[g] {
+					rows = append(rows, Row{Cell: cell(g, s), Migrator: r.M.Name(), Run: run, Status: why})
+				}
 				break
 			}
-			if consecutive >= MaxConsecutiveErrors {
-				rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Run: run,
-					Status: fmt.Sprintf("not run: the matrix stopped after %d consecutive errors; last: %v", consecutive, lastErr)})
-				break
-			}
-			s, err := r.M.Run(ctx, r.Env, c, run)
-			rows = append(rows, row(r.M.Name(), c, run, s, err))
-			r.logRun(c, run, s, err)
+			res, err := r.M.Run(ctx, r.Env, g, strategies[g], run)
+			rows = append(rows, r.rows(g, strategies[g], run, res, err)...)
 			if err != nil {
 				consecutive++
 				lastErr = err
@@ -227,10 +268,40 @@ func (r *Runner) Run(ctx context.Context, cells []Cell) []Row {
 			}
 		}
 	}
-	for _, c := range r.PlanTaken.Skipped {
-		rows = append(rows, Row{Cell: c, Migrator: r.M.Name(), Status: "not run: over the time budget (" + r.PlanTaken.Note + ")"})
+	for _, g := range r.PlanTaken.Skipped {
+		for _, s := range strategies[g] {
+			rows = append(rows, Row{Cell: cell(g, s), Migrator: r.M.Name(), Status: "not run: over the time budget (" + r.PlanTaken.Note + ")"})
+		}
 	}
 	return rows
+}
+
+func cell(g Group, strategy string) Cell {
+	return Cell{Strategy: strategy, Technique: g.Technique, BallastMB: g.BallastMB, XDP: g.XDP}
+}
+
+// rows turns one migration of g into a row per strategy (and logs them). A migration error, or
+// a missing Result, makes that strategy's row an error.
+func (r *Runner) rows(g Group, strategies []string, run int, res []Result, err error) []Row {
+	by := map[string]Result{}
+	for _, x := range res {
+		by[x.Strategy] = x
+	}
+	out := make([]Row, 0, len(strategies))
+	for _, s := range strategies {
+		c := cell(g, s)
+		x, ok := by[s]
+		e := err
+		if e == nil && !ok {
+			e = errors.New("migrator returned no result for the strategy")
+		}
+		if e == nil {
+			e = x.Err
+		}
+		out = append(out, row(r.M.Name(), c, run, x.Sample, e))
+		r.logRun(c, run, x.Sample, e)
+	}
+	return out
 }
 
 // MinPerRun is the time of one run the plan assumes when the calibration run failed.

@@ -28,41 +28,75 @@ func TestCellsComplete(t *testing.T) {
 	}
 }
 
+func groupsOf(cells []Cell) []Group {
+	var out []Group
+	seen := map[Group]bool{}
+	for _, c := range cells {
+		if g := c.Group(); !seen[g] {
+			seen[g] = true
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func TestGroupsFollowPriority(t *testing.T) {
+	gs := groupsOf(Cells())
+	if want := len(Techniques) * len(SizesMB) * 2; len(gs) != want {
+		t.Fatalf("%d groups, want %d", len(gs), want)
+	}
+	if g := gs[0]; g.BallastMB != 0 || !g.XDP || g.Technique != Techniques[0] {
+		t.Errorf("first group %s, want %s/0MB/xdp-on", g, Techniques[0])
+	}
+}
+
 func TestPlanRuns(t *testing.T) {
-	cells := Cells()[:10]
-	p := PlanRuns(cells, 100*time.Second, time.Second, 3, 5)
+	groups := groupsOf(Cells())[:10]
+	p := PlanRuns(groups, 100*time.Second, time.Second, 3, 5)
 	if p.RunsPerCell != 5 || len(p.Run) != 10 || len(p.Skipped) != 0 {
 		t.Errorf("ample budget: %+v", p)
 	}
-	p = PlanRuns(cells, 40*time.Second, time.Second, 3, 8)
+	p = PlanRuns(groups, 40*time.Second, time.Second, 3, 8)
 	if p.RunsPerCell != 4 || len(p.Run) != 10 {
-		t.Errorf("40 s for 10 cells of 1 s: %d runs, %d cells", p.RunsPerCell, len(p.Run))
+		t.Errorf("40 s for 10 groups of 1 s: %d runs, %d groups", p.RunsPerCell, len(p.Run))
 	}
-	p = PlanRuns(cells, 20*time.Second, time.Second, 10, 20)
+	p = PlanRuns(groups, 20*time.Second, time.Second, 10, 20)
 	if p.RunsPerCell != 10 || len(p.Run) != 2 || len(p.Skipped) != 8 || !strings.Contains(p.Note, "not run") {
 		t.Errorf("short budget: %d runs, %d run, %d skipped, %q", p.RunsPerCell, len(p.Run), len(p.Skipped), p.Note)
 	}
 }
 
+// fake measures every strategy of a migration: gap 10 ms x (run+1), the second strategy's
+// connection fails on run 1, the whole migration fails on run 2.
 type fake struct {
 	ready func(Cell) error
 	runs  int
+	got   [][]string
 }
 
 func (f *fake) Name() string       { return "fake" }
 func (f *fake) Ready(c Cell) error { return f.ready(c) }
-func (f *fake) Run(_ context.Context, _ *Env, c Cell, run int) (Sample, error) {
+func (f *fake) Run(_ context.Context, _ *Env, g Group, strategies []string, run int) ([]Result, error) {
 	f.runs++
+	f.got = append(f.got, strategies)
 	if run == 2 {
-		return Sample{}, errors.New("boom")
+		return nil, errors.New("boom")
 	}
-	return Sample{ClientGap: time.Duration(10*(run+1)) * time.Millisecond, Freeze: 10 * time.Millisecond, StateKept: true}, nil
+	var out []Result
+	for i, s := range strategies {
+		r := Result{Strategy: s, Sample: Sample{ClientGap: time.Duration(10*(run+1)) * time.Millisecond, Freeze: 10 * time.Millisecond, StateKept: true}}
+		if i == 1 && run == 1 {
+			r = Result{Strategy: s, Err: errors.New("connection failed")}
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 func TestRunnerNotReadyAndSummary(t *testing.T) {
-	cells := Cells()[:4]
+	cells := Cells()[:4] // one group, four strategies
 	f := &fake{ready: func(c Cell) error {
-		if c.Strategy == Strategies[0] {
+		if c.Strategy == Strategies[0] || c.Strategy == Strategies[1] {
 			return nil
 		}
 		return fmt.Errorf("%w: no engine", ErrNotReady)
@@ -74,17 +108,29 @@ func TestRunnerNotReadyAndSummary(t *testing.T) {
 		t.Fatalf("%d summaries, want 4", len(sums))
 	}
 	if f.runs != 4 {
-		t.Errorf("ran %d times, want 4 (calibration + 3, capped at MaxRuns)", f.runs)
+		t.Errorf("ran %d migrations, want 4 (calibration + 3, capped at MaxRuns)", f.runs)
+	}
+	for _, got := range f.got {
+		if len(got) != 2 || got[0] != Strategies[0] || got[1] != Strategies[1] {
+			t.Fatalf("a migration measured %v, want the two ready strategies %v", got, Strategies[:2])
+		}
 	}
 	for _, s := range sums {
-		if s.Strategy == Strategies[0] {
+		switch s.Strategy {
+		case Strategies[0]:
+			// runs 0, 1, 3 ok (gaps 10, 20, 40 ms), run 2 the migration failed.
 			if s.Status != "ok" || s.Runs != 3 || s.Errs != 1 || s.Gap.Median != 20 || s.Ratio.Median != 2 {
-				t.Errorf("summary of the ready cell %s: %+v", s.Cell, s)
+				t.Errorf("summary of %s: %+v", s.Cell, s)
 			}
-			continue
-		}
-		if !strings.HasPrefix(s.Status, "not run: not ready: no engine") || s.Runs != 0 {
-			t.Errorf("not-ready cell %s: %+v", s.Cell, s)
+		case Strategies[1]:
+			// runs 0 and 3 ok (10, 40 ms), run 1 its connection failed, run 2 the migration.
+			if s.Status != "ok" || s.Runs != 2 || s.Errs != 2 || s.Gap.Median != 25 {
+				t.Errorf("summary of %s: %+v", s.Cell, s)
+			}
+		default:
+			if !strings.HasPrefix(s.Status, "not run: not ready: no engine") || s.Runs != 0 {
+				t.Errorf("not-ready cell %s: %+v", s.Cell, s)
+			}
 		}
 	}
 }

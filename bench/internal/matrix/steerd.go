@@ -13,6 +13,7 @@ import (
 
 	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/daemon/demo"
+	"github.com/steerd/steerd/examples/loadclient/load"
 	"github.com/steerd/steerd/migrate"
 	"github.com/steerd/steerd/quicext"
 )
@@ -57,8 +58,8 @@ type Steerd struct {
 	capsErr  error
 
 	cluster *demo.Cluster
-	size    int // ballast of cluster
-	at      int // node index the service is on
+	key     Group // ballast and datapath of cluster (Technique unset)
+	at      int   // node index the service is on
 }
 
 // Name implements Migrator.
@@ -104,35 +105,66 @@ func technique(name string) (migrate.Technique, error) {
 	return 0, fmt.Errorf("unknown technique %q", name)
 }
 
-// Run implements Migrator.
-func (s *Steerd) Run(ctx context.Context, env *Env, c Cell, run int) (Sample, error) {
-	if err := s.Ready(c); err != nil {
-		return Sample{}, err
+// Run implements Migrator: one migration of the service with one load client connection per
+// strategy (each offering only its strategy, so each negotiates it), all started together and
+// warmed up for Warmup; the control API then moves the service with strategies[0] as the
+// preferred strategy (a connection that negotiated another one uses its own:
+// quicext.Server.PrepareWith).
+func (s *Steerd) Run(ctx context.Context, env *Env, g Group, strategies []string, run int) ([]Result, error) {
+	if len(strategies) == 0 {
+		return nil, errors.New("no strategy to measure")
+	}
+	for _, st := range strategies {
+		if err := s.Ready(cell(g, st)); err != nil {
+			return nil, err
+		}
 	}
 	warm, after, drain := orDefault(s.Warmup, 1500*time.Millisecond), orDefault(s.After, 300*time.Millisecond), orDefault(s.Drain, 300*time.Millisecond)
-	if err := s.ensureCluster(ctx, env, c.BallastMB); err != nil {
-		return Sample{}, err
+	if err := s.ensureCluster(ctx, env, g); err != nil {
+		return nil, err
 	}
 	cl := s.cluster
 	from, to := s.at, 1-s.at
-	st, err := quicext.ParseStrategy(c.Strategy)
-	if err != nil {
-		return Sample{}, err
+	loads := make([]*demo.Load, len(strategies))
+	errs := make([]error, len(strategies))
+	var wg sync.WaitGroup
+	for i, name := range strategies {
+		st, err := quicext.ParseStrategy(name)
+		if err != nil {
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loads[i], errs[i] = cl.StartLoad(ctx, cl.Public(from), 1, st)
+		}()
 	}
-	// The client offers only the cell's strategy, so the migration uses it (tests/netns/e2e does
-	// the same).
-	ld, err := cl.StartLoad(ctx, cl.Public(from), 1, st)
-	if err != nil {
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, l := range loads {
+			if l != nil {
+				l.Stop()
+			}
+		}
 		s.closeCluster() // the next run starts afresh
-		return Sample{}, fmt.Errorf("start load on %s: %w", cl.Names[from], err)
+		return nil, fmt.Errorf("start load on %s: %w", cl.Names[from], err)
 	}
 	sleep(ctx, warm)
 	mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	m, merr := cl.API[from].Migrate(mctx, api.MigrateRequest{Service: demo.Service, To: cl.Names[to], Strategy: c.Strategy,
-		Technique: api.Technique(c.Technique), DrainPeriod: drain, DrainTimeout: 10 * time.Second, Wait: true})
+	m, merr := cl.API[from].Migrate(mctx, api.MigrateRequest{Service: demo.Service, To: cl.Names[to], Strategy: strategies[0],
+		Technique: api.Technique(g.Technique), DrainPeriod: drain, DrainTimeout: 10 * time.Second, Wait: true})
 	cancel()
 	sleep(ctx, after)
-	rep, lerr := ld.Stop()
+	reps := make([]*load.Report, len(loads))
+	lerrs := make([]error, len(loads))
+	for i, l := range loads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reps[i], lerrs[i] = l.Stop()
+		}()
+	}
+	wg.Wait()
 	if merr == nil && m.Result == api.Succeeded {
 		s.at = to
 	} else if at, ok := s.locate(ctx); ok {
@@ -142,40 +174,56 @@ func (s *Steerd) Run(ctx context.Context, env *Env, c Cell, run int) (Sample, er
 	}
 	switch {
 	case merr != nil:
-		return Sample{}, fmt.Errorf("migrate %s -> %s: %w", cl.Names[from], cl.Names[to], merr)
+		return nil, fmt.Errorf("migrate %s -> %s: %w", cl.Names[from], cl.Names[to], merr)
 	case m.Result != api.Succeeded:
-		return Sample{}, fmt.Errorf("migrate %s -> %s: %s: %v", cl.Names[from], cl.Names[to], m.Result, m.Error)
+		return nil, fmt.Errorf("migrate %s -> %s: %s: %v", cl.Names[from], cl.Names[to], m.Result, m.Error)
+	}
+	out := make([]Result, len(strategies))
+	for i, name := range strategies {
+		out[i] = result(name, reps[i], lerrs[i], m, cl.Names[from], cl.Names[to])
+	}
+	return out, nil
+}
+
+// result is one strategy's Result from its load client's report.
+func result(strategy string, rep *load.Report, lerr error, m *api.Migration, from, to string) Result {
+	r := Result{Strategy: strategy}
+	switch {
 	case lerr != nil:
-		return Sample{}, fmt.Errorf("load client: %w", lerr)
+		r.Err = fmt.Errorf("load client: %w", lerr)
+		return r
 	case rep == nil || len(rep.Conns) != 1:
-		return Sample{}, errors.New("load client: no connection report")
+		r.Err = errors.New("load client: no connection report")
+		return r
 	}
 	cr := rep.Conns[0]
 	if cr.Err != "" {
-		return Sample{}, fmt.Errorf("client connection failed across the migration: %s", cr.Err)
+		r.Err = fmt.Errorf("client connection failed across the migration: %s", cr.Err)
+		return r
 	}
-	smp := Sample{
+	r.Sample = Sample{
 		ClientGap: time.Duration(cr.MaxGap.MS * float64(time.Millisecond)),
 		Freeze:    m.Downtime,
 		StateKept: cr.Wrong == 0 && cr.OutOfOrder == 0 && cr.Received > 0,
 		Lost:      int(cr.Lost),
-		Notes: fmt.Sprintf("%s->%s image %.1fMiB; answered %d lost %d wrong %d; switches %d; negotiated %s",
-			cl.Names[from], cl.Names[to], float64(m.Bytes)/(1<<20), cr.Received, cr.Lost, cr.Wrong, len(cr.Switches), cr.Negotiated),
+		Notes: fmt.Sprintf("%s %s->%s image %.1fMiB; answered %d lost %d wrong %d; switches %d; negotiated %s",
+			m.ID, from, to, float64(m.Bytes)/(1<<20), cr.Received, cr.Lost, cr.Wrong, len(cr.Switches), cr.Negotiated),
 	}
-	return smp, nil
+	return r
 }
 
-// ensureCluster starts a cluster whose service has a ballast of size MiB, unless the current one
-// has it already.
-func (s *Steerd) ensureCluster(ctx context.Context, env *Env, size int) error {
-	if s.cluster != nil && s.size == size {
+// ensureCluster starts a cluster whose service has the group's ballast and datapath, unless the
+// current one has them already.
+func (s *Steerd) ensureCluster(ctx context.Context, env *Env, g Group) error {
+	key := Group{BallastMB: g.BallastMB, XDP: g.XDP}
+	if s.cluster != nil && s.key == key {
 		return nil
 	}
 	s.closeCluster()
-	work := filepath.Join(env.Work, fmt.Sprintf("steerd-%dmb-%d", size, time.Now().UnixNano()))
+	work := filepath.Join(env.Work, fmt.Sprintf("steerd-%dmb-%d", g.BallastMB, time.Now().UnixNano()))
 	cl, err := demo.StartCluster(ctx, demo.ClusterOptions{
 		Steerd: s.bin("steerd"), Steerctl: s.bin("steerctl"), KVService: s.bin("kvservice"),
-		KVArgs: []string{"-ballast-mb", fmt.Sprint(size)}, WorkDir: work, Log: s.Log,
+		KVArgs: []string{"-ballast-mb", fmt.Sprint(g.BallastMB)}, Pool: true, WorkDir: work, Log: s.Log,
 	})
 	if err != nil {
 		return fmt.Errorf("start steerd cluster: %w", err)
@@ -188,7 +236,7 @@ func (s *Steerd) ensureCluster(ctx context.Context, env *Env, size int) error {
 		os.RemoveAll(work)
 		return fmt.Errorf("steerctl run %s on n0: %w", demo.Service, err)
 	}
-	s.cluster, s.size, s.at = cl, size, 0
+	s.cluster, s.key, s.at = cl, key, 0
 	return nil
 }
 
