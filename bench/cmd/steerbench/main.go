@@ -59,7 +59,7 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "client request interval (gap resolution)")
 	flag.StringVar(&o.gen, "gen", dpbench.GenSendmmsg+","+dpbench.GenXDPLive, "datapath traffic generators, comma-separated: "+dpbench.GenSendmmsg+", "+dpbench.GenXDPLive+" (each runs every forwarder)")
 	flag.DurationVar(&o.dpDur, "dp-duration", time.Second, "duration of each offered load of a datapath sweep")
-	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline")
+	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline (the first at every size, the others at the first size)")
 	flag.StringVar(&sizes, "sizes", "0,10,50,100", "container ballast sizes in MiB")
 	flag.IntVar(&o.maxRuns, "runs", 10, "runs per baseline cell (fewer when the budget is short)")
 	flag.IntVar(&o.minRuns, "matrix-min-runs", 10, "minimum runs per matrix cell")
@@ -209,18 +209,20 @@ type blCell struct {
 func (s *summary) runBaselines(ctx context.Context, tb *netns.Testbed, work, kvsvc string, budget time.Duration) error {
 	var cells []*blCell
 	cells = append(cells, &blCell{kind: baseline.KindNone, ttl: 0, size: 0})
-	for _, ttl := range s.o.ttls {
-		for _, sz := range s.o.sizes {
-			cells = append(cells, &blCell{kind: baseline.KindTCPDNS, ttl: ttl, size: sz})
-		}
-	}
-	mttl := s.o.ttls[0]
 	for _, sz := range s.o.sizes {
-		cells = append(cells, &blCell{kind: baseline.KindMPTCP, ttl: mttl, size: sz})
+		cells = append(cells, &blCell{kind: baseline.KindTCPDNS, ttl: s.o.ttls[0], size: sz})
 	}
-	share := budget / time.Duration(len(cells))
-	s.blNote = fmt.Sprintf("baseline budget %s / %d cells = %s per cell; up to %d runs per cell, fewer when a cell's share runs out (the run count of each cell is in the table)",
-		budget.Round(time.Second), len(cells), share.Round(time.Second), s.o.maxRuns)
+	for _, sz := range s.o.sizes {
+		cells = append(cells, &blCell{kind: baseline.KindMPTCP, ttl: s.o.ttls[0], size: sz})
+	}
+	// The longer TTLs show what the TTL costs, which does not depend on the size: they run at
+	// the first size only, last (a TTL-5s run takes ~9 s).
+	for _, ttl := range s.o.ttls[1:] {
+		cells = append(cells, &blCell{kind: baseline.KindTCPDNS, ttl: ttl, size: s.o.sizes[0]})
+	}
+	blStart := time.Now()
+	s.blNote = fmt.Sprintf("baseline budget %s for %d cells, shared as it goes: each cell gets what is left / the cells left (cells that finish early leave time to the later ones); up to %d runs per cell, fewer when a cell's share runs out (the run count of each cell is in the table)",
+		budget.Round(time.Second), len(cells), s.o.maxRuns)
 	log.Print(s.blNote)
 	var dns *authdns.Server
 	var dnsTTL time.Duration = -1
@@ -229,7 +231,8 @@ func (s *summary) runBaselines(ctx context.Context, tb *netns.Testbed, work, kvs
 			dns.Close()
 		}
 	}()
-	for _, c := range cells {
+	for i, c := range cells {
+		share := (budget - time.Since(blStart)) / time.Duration(len(cells)-i)
 		ttl := c.ttl
 		if ttl == 0 {
 			ttl = s.o.ttls[0]
@@ -467,7 +470,7 @@ func (s *summary) markdown() string {
 	w("- Service logic: examples/kv (Store and line protocol, `INCR <key> <seq>` -> `<key> <value> <seq>`, memory ballast kv.Ballast of 0/10/50/100 MiB with one written word per 4 KiB page) in a runc container in the pod namespace: over TLS 1.3 on TCP/MPTCP in bench/cmd/kvsvc for the baselines, over QUIC in examples/kvservice for steerd.\n")
 	w("- Client: one long-lived connection, one INCR every %s (bounded count and time; bench/internal/pace for TCP/MPTCP, examples/loadclient/load for QUIC, same pacing); gap = largest interval between successive responses; state kept = the value never went backwards (QUIC: every response exactly the previous value + 1; requests never answered are counted as lost, separately).\n", s.o.interval)
 	w("- Freeze (baselines): service downtime from the start of `runc checkpoint` (or SIGTERM) to the end of `runc restore` (or `runc run`) on node 1; ratio = gap / freeze per run.\n")
-	w("- TCP+DNS: authoritative DNS server (miekg/dns) in the router namespace for %s, TTL %s (an operator's short TTLs); the client's stub cache honours the TTL; the orchestrator moves the container with `runc checkpoint`/`runc restore` (CRIU, `tcp-close`: the listener is restored, established connections are not) and then rewrites the A record; the client detects the broken connection, re-resolves, reconnects (TLS resumption), resumes. The move starts after 0.5 s plus a uniform random part of the TTL (random age of the cached record).\n", baseline.Zone, durList(s.o.ttls))
+	w("- TCP+DNS: authoritative DNS server (miekg/dns) in the router namespace for %s, TTL %s (an operator's short TTLs; the TTLs after the first run at the first size only: the TTL's cost does not depend on the size); the client's stub cache honours the TTL; the orchestrator moves the container with `runc checkpoint`/`runc restore` (CRIU, `tcp-close`: the listener is restored, established connections are not) and then rewrites the A record; the client detects the broken connection, re-resolves, reconnects (TLS resumption), resumes. The move starts after 0.5 s plus a uniform random part of the TTL (random age of the cached record).\n", baseline.Zone, durList(s.o.ttls))
 	w("- MPTCP: the same over MPTCP (Go SetMultipathTCP on both ends, `ip mptcp limits set subflow 2 add_addr_accepted 2` in the client and both pods), DNS TTL %s.\n", s.o.ttls[0])
 	w("- %s\n\n", s.blNote)
 
