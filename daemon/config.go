@@ -96,6 +96,13 @@ type Config struct {
 	Peers       []PeerDef    `json:"peers"`
 	// NoDatapath runs without the XDP datapath (control plane only; for tests and dry runs).
 	NoDatapath bool `json:"no_datapath,omitempty"`
+	// Datapath selects how client packets reach the pods (ignored with NoDatapath):
+	// DatapathXDP "xdp" (default: XDP steering by the DCID's QUIC-LB server ID, forwarding of
+	// in-flight packets to the node the service moved to) or DatapathNFT "nftables" (XDP off:
+	// the kernel's nftables DNAT/SNAT and conntrack deliver the public port to the local pod; no
+	// DCID steering, no forwarding of in-flight packets, conntrack state per client flow; type
+	// NFT).
+	Datapath string `json:"datapath,omitempty"`
 	// PinRoot is the bpf filesystem directory under which the datapath pins its maps and XDP
 	// links, one directory per network namespace (loader.PinDirFor), so that packets keep being
 	// steered while steerd restarts or after it crashed; default loader.DefaultPinRoot
@@ -230,6 +237,12 @@ func (c *Config) Normalize() error {
 	}
 	if c.Runtime != "runc" && c.Runtime != "none" {
 		return bad("runtime %q: want runc or none", c.Runtime)
+	}
+	if c.Datapath == "" {
+		c.Datapath = DatapathXDP
+	}
+	if c.Datapath != DatapathXDP && c.Datapath != DatapathNFT {
+		return bad("datapath %q: want %s or %s", c.Datapath, DatapathXDP, DatapathNFT)
 	}
 	if c.PKIDir == "" {
 		return bad("pki_dir is required")

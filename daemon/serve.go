@@ -13,7 +13,7 @@ import (
 )
 
 // ServeOptions are the collaborators Serve may take from its caller; nil fields get the real
-// implementations (XDP datapath unless Config.NoDatapath, quicext control endpoint, RuncEngine for
+// implementations (the datapath Config.Datapath selects, XDP or NFT, unless Config.NoDatapath, quicext control endpoint, RuncEngine for
 // runtime "runc", NoEngine for runtime "none").
 type ServeOptions struct {
 	Logger   *slog.Logger
@@ -49,11 +49,20 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 	cert := node.TLSCertificate()
 	dp := o.Datapath
 	if dp == nil && !cfg.NoDatapath {
-		x, err := OpenXDP(cfg)
-		if err != nil {
-			return fmt.Errorf("serve: %w", err)
+		switch cfg.Datapath {
+		case DatapathNFT:
+			n, err := OpenNFT(cfg)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			dp = n
+		default:
+			x, err := OpenXDP(cfg)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			dp = x
 		}
-		dp = x
 	}
 	if dp != nil {
 		defer dp.Close()
@@ -108,7 +117,7 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 		defer ms.Close()
 	}
 	log.Info("steerd ready", "node", cfg.Node, "peer_listen", ps.Addr().String(), "control", cfg.ControlSocket,
-		"metrics", cfg.MetricsListen, "datapath", dp != nil, "services", len(cfg.Services), "peers", len(cfg.Peers))
+		"metrics", cfg.MetricsListen, "datapath", datapathName(cfg, dp), "services", len(cfg.Services), "peers", len(cfg.Peers))
 	if o.Ready != nil {
 		o.Ready(d)
 	}
@@ -118,4 +127,18 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 		return nil
 	}
 	return context.Cause(ctx)
+}
+
+// datapathName names the datapath in the ready log line: "none", "xdp", "nftables" or "custom"
+// (a caller's ServeOptions.Datapath).
+func datapathName(cfg *Config, dp Datapath) string {
+	switch dp.(type) {
+	case nil:
+		return "none"
+	case *XDP:
+		return DatapathXDP
+	case *NFT:
+		return DatapathNFT
+	}
+	return "custom"
 }

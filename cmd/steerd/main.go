@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 type flags struct {
 	config, node, uplink, ipv4, ipv6, pkiDir, stateDir, socket, metrics, peerListen, runtime string
-	logFormat, logLevel                                                                      string
+	datapath, logFormat, logLevel                                                            string
 	services, peers                                                                          []string
 	noDatapath                                                                               bool
 	maxUDPPayload                                                                            int
@@ -122,6 +122,7 @@ Examples:
 	fl.StringArrayVar(&f.services, "service", nil, "service: name=N,port=P,instance=I,pod4=A,pod6=A[,pod_port=P][,bundle=DIR]")
 	fl.StringArrayVar(&f.peers, "peer", nil, "peer: name=N,addr=A[,port=P][,ipv4=A][,ipv6=A]")
 	fl.BoolVar(&f.noDatapath, "no-datapath", false, "run without the XDP datapath (control plane only)")
+	fl.StringVar(&f.datapath, "datapath", "", datapathHelp)
 	fl.IntVar(&f.maxUDPPayload, "max-udp-payload", 0, "largest UDP payload the services send, in bytes (default 1452; the uplink MTU must be at least this + 76, or + 96 with IPv6 peers)")
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -129,6 +130,9 @@ Examples:
 	root.AddCommand(demoCmd(&f))
 	return root
 }
+
+// datapathHelp is the help text of --datapath (steerd and steerd demo).
+const datapathHelp = `datapath: xdp (default) or nftables. xdp steers QUIC packets by the DCID's QUIC-LB server ID and forwards the packets that still reach a node after its service moved to the new node. nftables (XDP off) uses the kernel's NAT: DNAT of the public UDP port to the local pod, SNAT back, conntrack state per client flow; it gives up DCID steering and the forwarding of in-flight packets (after a move they are dropped at the old node; clients recover by loss recovery and the server's announced address)`
 
 func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
@@ -170,6 +174,7 @@ func buildConfig(cmd *cobra.Command, f *flags) (*daemon.Config, error) {
 	set("metrics", &cfg.MetricsListen, f.metrics)
 	set("peer-listen", &cfg.PeerListen, f.peerListen)
 	set("runtime", &cfg.Runtime, f.runtime)
+	set("datapath", &cfg.Datapath, f.datapath)
 	if cmd.Flags().Changed("no-datapath") {
 		cfg.NoDatapath = f.noDatapath
 	}
@@ -333,6 +338,7 @@ Examples:
 	fl.DurationVar(&o.Settle, "settle", 2*time.Second, "load time before, between and after the migrations")
 	fl.DurationVar(&o.Drain, "drain", time.Second, "drain period: the source forwards until the instance was quiet this long")
 	fl.BoolVar(&o.NoDatapath, "no-datapath", false, "run the nodes without XDP")
+	fl.StringVar(&o.Datapath, "datapath", "xdp", datapathHelp)
 	fl.StringVar(&o.WorkDir, "workdir", "", "directory for configs, certificates and logs (default: temporary, removed)")
 	fl.BoolVar(&o.Keep, "keep", false, "keep the work directory")
 	c.PreRun = func(cmd *cobra.Command, args []string) {

@@ -54,6 +54,9 @@ type ClusterOptions struct {
 	Pool bool
 	// NoDatapath runs the nodes without XDP (control plane only).
 	NoDatapath bool
+	// Datapath is both nodes' daemon.Config.Datapath: daemon.DatapathXDP or daemon.DatapathNFT
+	// ("nftables": XDP off, kernel DNAT/SNAT, no forwarding of in-flight packets) [xdp].
+	Datapath string
 	// WorkDir holds configs, certificates, bundle, node state and logs [a temporary directory].
 	WorkDir string
 	// Log receives progress lines (nil: discarded).
@@ -210,6 +213,7 @@ func (c *Cluster) nodeConfig(i int, pkiDir string) *daemon.Config {
 		ControlSocket: filepath.Join(c.WorkDir, name, "control.sock"),
 		PodNSPrefix:   fmt.Sprintf("stdr-t%s-%s-", c.TB.ID, name),
 		NoDatapath:    c.o.NoDatapath,
+		Datapath:      c.o.Datapath,
 		DetachOnExit:  true, // a test cluster leaves no XDP program or pin behind
 		Runtime:       "runc",
 		Services: []daemon.ServiceDef{{Name: Service, Port: Port, Instance: Instance, PodIPv4: Pod4, PodIPv6: Pod6,
