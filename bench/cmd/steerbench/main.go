@@ -701,8 +701,9 @@ func (s *summary) dpOf(g, f string) []dpbench.Result {
 	return out
 }
 
-// headline is the summary's first section: the median client gap of each steerd strategy (XDP
-// on, cold) relative to TCP+DNS (first TTL) and to the no-move floor, per size.
+// headline is the summary's first section: a table of the median client gap of every steerd
+// cell relative to TCP+DNS (first TTL) at the same size, strategies and datapaths in rows,
+// technique and size in columns, with the baselines under it; then how to read it.
 func (s *summary) headline() string {
 	var b strings.Builder
 	tcp := map[int]float64{}
@@ -720,25 +721,94 @@ func (s *summary) headline() string {
 		}
 	}
 	sums := matrix.Summarize(s.matrix)
-	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd (QUIC server migration + XDP datapath; CRIU technique on each line), as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing); no-move floor %s ms.\n\n", s.o.ttls[0], f1(floor))
-	n := 0
-	for _, size := range s.o.sizes {
-		for _, c := range sums {
-			if c.BallastMB != size || c.Runs == 0 || !c.XDP {
-				continue
-			}
-			vs := "TCP+DNS not measured"
-			if tcp[size] > 0 {
-				vs = f2(c.Gap.Median/tcp[size]) + " of TCP+DNS (" + f1(tcp[size]) + " ms)"
-			}
-			fmt.Fprintf(&b, "- QUIC %s + XDP, %s, %d MB: gap %s ms = %s; freeze %s ms, gap/freeze %s (%d runs)\n",
-				strategyTitle(c.Strategy), c.Technique, size, f1(c.Gap.Median), vs, f1(c.Freeze.Median), f2(c.Ratio.Median), c.Runs)
-			n++
+	byCell := map[matrix.Cell]matrix.CellSummary{}
+	techs := map[string]bool{}
+	for _, c := range sums {
+		byCell[c.Cell] = c
+		if c.Runs > 0 {
+			techs[c.Technique] = true
 		}
 	}
-	if n == 0 {
-		b.WriteString("- no steerd cell ran (see the matrix section)\n")
+	type col struct {
+		tech string
+		size int
 	}
+	var cols []col
+	for _, t := range matrix.Techniques {
+		if !techs[t] {
+			continue
+		}
+		for _, size := range s.o.sizes {
+			cols = append(cols, col{t, size})
+		}
+	}
+	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd, as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing) at the same container size, with the gap in ms in brackets; each cell is >= %d runs unless the matrix section says otherwise. XDP = steerd's datapath (DCID steering, in-flight packets forwarded to the new node); kernel NAT = the XDP datapath off (steerd --datapath nftables: nftables DNAT/SNAT, packets that still reach the old node are dropped). No-move floor %s ms.\n\n", s.o.ttls[0], s.o.minRuns, f1(floor))
+	if len(cols) == 0 {
+		b.WriteString("No steerd cell ran (see the matrix section).\n\n")
+	} else {
+		b.WriteString("| strategy | datapath |")
+		for _, c := range cols {
+			fmt.Fprintf(&b, " %s %d MB |", c.tech, c.size)
+		}
+		b.WriteString("\n|---|---|" + strings.Repeat("---|", len(cols)) + "\n")
+		for _, xdp := range []bool{true, false} {
+			for _, st := range matrix.Strategies {
+				var cells []string
+				any := false
+				for _, c := range cols {
+					cs, ok := byCell[matrix.Cell{Strategy: st, Technique: c.tech, BallastMB: c.size, XDP: xdp}]
+					switch {
+					case !ok || cs.Runs == 0:
+						cells = append(cells, "-")
+					case tcp[c.size] > 0:
+						cells = append(cells, fmt.Sprintf("%s (%.0f)", f2(cs.Gap.Median/tcp[c.size]), cs.Gap.Median))
+						any = true
+					default:
+						cells = append(cells, fmt.Sprintf("(%.0f)", cs.Gap.Median))
+						any = true
+					}
+				}
+				if !any {
+					continue
+				}
+				dp := "XDP"
+				if !xdp {
+					dp = "kernel NAT"
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s |\n", strategyTitle(st), dp, strings.Join(cells, " | "))
+			}
+		}
+		for _, kind := range []baseline.Kind{baseline.KindTCPDNS, baseline.KindMPTCP} {
+			var cells []string
+			for _, c := range cols {
+				v := "-"
+				for _, bc := range s.bl {
+					if cs := bc.stats(); bc.kind == kind && bc.ttl == s.o.ttls[0] && bc.size == c.size && cs.n > 0 {
+						v = fmt.Sprintf("%s (%.0f)", f2(cs.gap.Median/tcp[c.size]), cs.gap.Median)
+					}
+				}
+				cells = append(cells, v)
+			}
+			name := "TCP+DNS"
+			if kind == baseline.KindMPTCP {
+				name = "MPTCP + DNS"
+			}
+			fmt.Fprintf(&b, "| %s (baseline, TTL %s) | kernel | %s |\n", name, s.o.ttls[0], strings.Join(cells, " | "))
+		}
+		b.WriteString("\n")
+	}
+	for _, t := range matrix.Techniques {
+		if techs[t] {
+			continue
+		}
+		for _, c := range sums {
+			if c.Technique == t {
+				fmt.Fprintf(&b, "- %s: no column, %s\n", t, strings.TrimPrefix(c.Status, "not run: "))
+				break
+			}
+		}
+	}
+	b.WriteString("\n")
 	var tr []string
 	for _, c := range s.bl {
 		if cs := c.stats(); c.kind == baseline.KindTCPDNS && cs.n > 0 {
@@ -747,7 +817,7 @@ func (s *summary) headline() string {
 	}
 	var above []string
 	for _, c := range sums {
-		if c.Runs > 0 && c.XDP && c.Ratio.Median > 1.1 {
+		if c.Runs > 0 && c.Ratio.Median > 1.1 {
 			above = append(above, fmt.Sprintf("%s %s", c.Cell, f2(c.Ratio.Median)))
 		}
 	}
@@ -755,7 +825,7 @@ func (s *summary) headline() string {
 	if len(above) > 0 {
 		aboveText = "steerd cells above 1.1, where the client waits longer than the freeze: " + strings.Join(above, ", ")
 	}
-	fmt.Fprintf(&b, "\nRead the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is about the freeze or less (below 1 where the daemon's downtime ends after the service answers again, as with post-copy, whose restored process runs while its pages are still fetched); %s. TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", aboveText, strings.Join(tr, ", "))
+	fmt.Fprintf(&b, "Read the two freezes apart: steerd's (the daemon's api.Migration.Downtime) includes the CRIU dump, sending the image to the other node over the mTLS peer channel and the restore there; the baselines' `runc checkpoint`/`runc restore` read the image from the same filesystem (both nodes are one machine here), with no transfer. Gap/freeze is what the path to the service adds to the freeze: steerd's connections survive the move, so its gap is about the freeze or less (below 1 where the daemon's downtime ends after the service answers again, as with post-copy, whose restored process runs while its pages are still fetched); %s. TCP+DNS adds detection, re-resolution and reconnection (gap/freeze median: %s). The baselines and the matrix run one after the other on a shared 2-core machine (load averages in the Machine section).\n\n", aboveText, strings.Join(tr, ", "))
 	return b.String()
 }
 
