@@ -802,7 +802,7 @@ func (s *summary) headline() string {
 			continue
 		}
 		for _, c := range sums {
-			if c.Technique == t {
+			if c.Technique == t && c.XDP {
 				fmt.Fprintf(&b, "- %s: no column, %s\n", t, strings.TrimPrefix(c.Status, "not run: "))
 				break
 			}
