@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/steerd/steerd/daemon"
 )
 
 func TestCellsComplete(t *testing.T) {
@@ -135,7 +137,8 @@ func TestRunnerNotReadyAndSummary(t *testing.T) {
 	}
 }
 
-// TestSteerdReady checks the reasons a steerd cell does not run: missing binaries, XDP off.
+// TestSteerdReady checks the reasons a steerd cell does not run: missing binaries, an unknown
+// technique.
 func TestSteerdReady(t *testing.T) {
 	dir := t.TempDir()
 	s := &Steerd{Bin: dir}
@@ -148,12 +151,26 @@ func TestSteerdReady(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.XDP = false
-	if err := s.Ready(c); !errors.Is(err, ErrNoXDPOff) {
-		t.Errorf("Ready with XDP off: %v, want ErrNoXDPOff", err)
-	}
 	c.XDP, c.Technique = true, "lukewarm"
 	if err := s.Ready(c); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "lukewarm") {
 		t.Errorf("Ready with an unknown technique: %v", err)
+	}
+}
+
+// TestXDPOffIsNFT: XDP-off groups run steerd's nftables datapath, XDP-on groups its XDP one,
+// and an XDP-off cell is exactly as ready as its XDP-on twin.
+func TestXDPOffIsNFT(t *testing.T) {
+	if got := datapathOf(Group{XDP: false}); got != daemon.DatapathNFT {
+		t.Errorf("XDP off: datapath %q, want %q", got, daemon.DatapathNFT)
+	}
+	if got := datapathOf(Group{XDP: true}); got != daemon.DatapathXDP {
+		t.Errorf("XDP on: datapath %q, want %q", got, daemon.DatapathXDP)
+	}
+	s := &Steerd{Bin: t.TempDir()}
+	on := Cell{Strategy: "symmetric", Technique: "cold", XDP: true}
+	off := on
+	off.XDP = false
+	if a, b := s.Ready(on), s.Ready(off); (a == nil) != (b == nil) {
+		t.Errorf("Ready(XDP on) = %v but Ready(XDP off) = %v", a, b)
 	}
 }

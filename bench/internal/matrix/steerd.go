@@ -12,28 +12,24 @@ import (
 	"time"
 
 	"github.com/steerd/steerd/api"
+	"github.com/steerd/steerd/daemon"
 	"github.com/steerd/steerd/daemon/demo"
 	"github.com/steerd/steerd/examples/loadclient/load"
 	"github.com/steerd/steerd/migrate"
 	"github.com/steerd/steerd/quicext"
 )
 
-// ErrNoXDPOff is wrapped by Steerd.Ready for the XDP-off cells: steerd has no forwarding mode
-// without its datapath. daemon.Config.NoDatapath (steerd --no-datapath, demo.ClusterOptions.
-// NoDatapath) is "control plane only": nothing carries a client's packets from the node's public
-// address to the pod, so no QUIC client reaches the service at all (measured: `steerd demo
-// --no-datapath` fails with "dial quic: context deadline exceeded" before any migration).
-var ErrNoXDPOff = errors.New("steerd has no XDP-off forwarding mode")
-
 // Steerd drives the real steerd migration flow through its public interfaces, the way
 // `steerd demo` and the e2e tests do (daemon/demo.Cluster): bin/steerd runs on both nodes of a
-// netns testbed of its own (1 client, router, 2 nodes, XDP datapath), bin/steerctl starts the
-// QUIC example service (examples/kvservice with examples/kv's Store, as a runc container, with
-// -ballast-mb Cell.BallastMB) on node 0, a QUIC load client (examples/loadclient/load, one
-// connection, one INCR every 10 ms, in the client namespace) talks to the service's node's public
-// address offering only Cell.Strategy, and the control API (package api) migrates the service to the other node with
-// Cell.Strategy and Cell.Technique. Each run moves the service once (n0 -> n1, then n1 -> n0, ...);
-// one cluster serves every run of a ballast size and is replaced when the size changes.
+// netns testbed of its own (1 client, router, 2 nodes) with the group's datapath (XDP, or
+// nftables for XDP off), bin/steerctl starts the QUIC example service (examples/kvservice with
+// examples/kv's Store, as a runc container, with -ballast-mb Group.BallastMB, announcing both
+// nodes' addresses as its Pool) on node 0. Each run starts one QUIC load client per strategy
+// (examples/loadclient/load, one connection, one INCR every 10 ms, in the client namespace,
+// offering only its strategy) toward the public address of the service's node, and the control
+// API (package api) migrates the service to the other node with Group.Technique. Each run moves
+// the service once (n0 -> n1, then n1 -> n0, ...); one cluster serves every run of a ballast size
+// and datapath and is replaced when they change.
 //
 // Sample: ClientGap is the load client's largest gap between successive responses
 // (load.ConnReport.MaxGap); Freeze is the daemon's migration report's downtime (api.Migration.
@@ -67,8 +63,9 @@ func (s *Steerd) Name() string { return "steerd" }
 
 func (s *Steerd) bin(name string) string { return filepath.Join(s.Bin, name) }
 
-// Ready implements Migrator: the binaries exist, the cell has XDP on (ErrNoXDPOff otherwise),
-// and this machine's CRIU/kernel support the technique (migrate.DetectCapabilities).
+// Ready implements Migrator: the binaries exist and this machine's CRIU/kernel support the
+// technique (migrate.DetectCapabilities). XDP-off cells run steerd with its nftables datapath
+// (daemon.DatapathNFT).
 func (s *Steerd) Ready(c Cell) error {
 	var missing []string
 	for _, b := range []string{"steerd", "steerctl", "kvservice"} {
@@ -78,9 +75,6 @@ func (s *Steerd) Ready(c Cell) error {
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: not built: %s (make build)", ErrNotReady, strings.Join(missing, ", "))
-	}
-	if !c.XDP {
-		return fmt.Errorf("%w: %w: steerd --no-datapath is control plane only, no client packet reaches the pod (steerd demo --no-datapath: dial quic: context deadline exceeded)", ErrNotReady, ErrNoXDPOff)
 	}
 	t, err := technique(c.Technique)
 	if err != nil {
@@ -224,6 +218,7 @@ func (s *Steerd) ensureCluster(ctx context.Context, env *Env, g Group) error {
 	cl, err := demo.StartCluster(ctx, demo.ClusterOptions{
 		Steerd: s.bin("steerd"), Steerctl: s.bin("steerctl"), KVService: s.bin("kvservice"),
 		KVArgs: []string{"-ballast-mb", fmt.Sprint(g.BallastMB)}, Pool: true, WorkDir: work, Log: s.Log,
+		Datapath: datapathOf(g),
 	})
 	if err != nil {
 		return fmt.Errorf("start steerd cluster: %w", err)
@@ -238,6 +233,16 @@ func (s *Steerd) ensureCluster(ctx context.Context, env *Env, g Group) error {
 	}
 	s.cluster, s.key, s.at = cl, key, 0
 	return nil
+}
+
+// datapathOf is the steerd datapath of a group: XDP on is steerd's XDP datapath (DCID steering,
+// in-flight packets forwarded to the new node); XDP off is the kernel's NAT (steerd --datapath
+// nftables: DNAT/SNAT by conntrack, packets that still reach the old node dropped).
+func datapathOf(g Group) string {
+	if g.XDP {
+		return daemon.DatapathXDP
+	}
+	return daemon.DatapathNFT
 }
 
 // locate asks both nodes where the service runs (after a failed migration).
