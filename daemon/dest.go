@@ -223,6 +223,16 @@ func (d *Daemon) prepareRestore(from string, q prepareRestoreReq, r *PeerReply) 
 // receiveImage stores one image file of an incoming migration and returns its SHA-256. verify (if
 // not nil) gets the digest of the received bytes before the file is kept; its error discards it.
 func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64, verify func([32]byte) error) ([32]byte, error) {
+	return d.receiveImagePart(migration, name, r, 0, size, size, verify)
+}
+
+// receiveImagePart stores the bytes [off, off+size) of the image file name (fileSize bytes in
+// all) of an incoming migration and returns their SHA-256. A whole file (off 0, size fileSize)
+// replaces any file of that name; a part is written in place, next to the other parts, which
+// arrive on their own streams (possibly at the same time). verify (if not nil) gets the digest
+// of the received bytes before they are kept; its error, like any other, removes the file (the
+// source then aborts the migration, which removes the whole image directory).
+func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size, fileSize int64, verify func([32]byte) error) ([32]byte, error) {
 	var sum [32]byte
 	in, err := d.getIncoming(migration)
 	if err != nil {
@@ -232,16 +242,26 @@ func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64, v
 	if name == "" || path.IsAbs(name) || clean == "." || strings.HasPrefix(clean, "../") || clean == ".." {
 		return sum, fmt.Errorf("receive image file %q: %w: name must be relative", name, ErrBadRequest)
 	}
+	if off < 0 || size < 0 || off+size > fileSize {
+		return sum, fmt.Errorf("receive image file %s: %w: part [%d, +%d) outside %d bytes", name, ErrBadRequest, off, size, fileSize)
+	}
 	dst := filepath.Join(in.dir, filepath.FromSlash(clean))
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	flags := os.O_CREATE | os.O_WRONLY
+	whole := off == 0 && size == fileSize
+	if whole {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(dst, flags, 0o600)
 	if err != nil {
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size))
+	bp := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(io.NewOffsetWriter(f, off), h), io.LimitReader(r, size), *bp)
+	copyBufs.Put(bp)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -254,6 +274,9 @@ func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64, v
 	}
 	if err != nil {
 		os.Remove(dst)
+		if !whole {
+			return sum, fmt.Errorf("receive image file %s bytes [%d, +%d): %w", name, off, size, err)
+		}
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
 	d.mu.Lock()

@@ -300,13 +300,24 @@ func (r *RuncEngine) Checkpoint(ctx context.Context, req CheckpointRequest) (Eng
 	return rep, nil
 }
 
-// sendDir sends every regular file under dir, in lexical order, with its "/"-separated relative
-// name.
+// sendWorkers is how many image files sendDir sends at once.
+const sendWorkers = 4
+
+// sendDir sends every regular file under dir with its "/"-separated relative name, sendWorkers
+// files at once: the largest first (the pages image, which PeerClient.SendImage splits further),
+// the small ones next to it, so their checksum round trips overlap instead of adding up. The first
+// failure cancels the files in flight and is returned.
 func sendDir(ctx context.Context, dir string, tr ImageTransport) error {
 	if tr == nil {
 		return fmt.Errorf("send image: %w: no transport", ErrBadRequest)
 	}
-	return filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+	type file struct {
+		path, rel string
+		size      int64
+	}
+	var files []file
+	big := 0
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
 		if err != nil || !de.Type().IsRegular() {
 			return err
 		}
@@ -314,17 +325,68 @@ func sendDir(ctx context.Context, dir string, tr ImageTransport) error {
 		if err != nil {
 			return err
 		}
-		f, err := os.Open(p)
+		fi, err := de.Info()
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return err
+		if len(files) > 0 && fi.Size() > files[big].size {
+			big = len(files)
 		}
-		return tr.SendFile(ctx, filepath.ToSlash(rel), f, fi.Size())
+		files = append(files, file{path: p, rel: filepath.ToSlash(rel), size: fi.Size()})
+		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("send image: %w", err)
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	files[0], files[big] = files[big], files[0]
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		first error
+		next  int
+		wg    sync.WaitGroup
+	)
+	send := func(f file) error {
+		in, err := os.Open(f.path)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		fi, err := in.Stat()
+		if err != nil {
+			return err
+		}
+		return tr.SendFile(ctx, f.rel, in, fi.Size())
+	}
+	for range min(sendWorkers, len(files)) {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				if first != nil || next == len(files) {
+					mu.Unlock()
+					return
+				}
+				f := files[next]
+				next++
+				mu.Unlock()
+				if err := send(f); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					cancel()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }
 
 // Resume implements Engine: a paused container is thawed (runc resume), a running one is left

@@ -45,20 +45,44 @@ func peerQUICConfig() *quic.Config {
 		// stays frozen until the transfer fails. quic-go ignores ICMP port unreachable, so a dead
 		// peer shows only as silence: keep-alive PINGs every second, idle timeout 5 s (RFC 9000
 		// section 10.1).
-		MaxIdleTimeout:                 PeerIdleTimeout,
-		KeepAlivePeriod:                time.Second,
-		MaxIncomingStreams:             256,
-		InitialStreamReceiveWindow:     4 << 20,
+		MaxIdleTimeout:     PeerIdleTimeout,
+		KeepAlivePeriod:    time.Second,
+		MaxIncomingStreams: 256,
+		// Flow control (RFC 9000 section 4): an image part of 25 MiB should never wait for
+		// MAX_STREAM_DATA on a link with a sub-millisecond RTT; quic-go grows the windows up to
+		// the maxima when the reader keeps up.
+		InitialStreamReceiveWindow:     8 << 20,
 		MaxStreamReceiveWindow:         32 << 20,
-		InitialConnectionReceiveWindow: 8 << 20,
+		InitialConnectionReceiveWindow: 16 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
 	}
 }
 
+// Bulk image transfer. A checkpoint image is mostly one large pages-*.img file (the service's
+// memory; CRIU images, https://criu.org/Images) next to a few dozen small ones. One QUIC
+// connection moves the large file at the pace of one congestion window per RTT (RFC 9002
+// section 7), with one connection goroutine packing and one unpacking every packet: the source
+// splits a large file into parts and sends them at once, each on its own stream of its own
+// connection (bulkConns connections to the peer, dialed when a migration prepares the
+// destination, so no handshake falls into the freeze time).
+const (
+	// partMin is the size of the smallest file sent in parts (bytes): two parts of partMin/2 or
+	// more each.
+	partMin = 16 << 20
+	// bulkConns is the number of QUIC connections to a peer that carry image parts, the
+	// operations' connection included; a file goes in at most bulkConns parts.
+	bulkConns = 4
+	// copyBufSize is the copy buffer of an image stream, on both ends (bytes).
+	copyBufSize = 256 << 10
+)
+
+// copyBufs holds copyBufSize buffers (*[]byte) for image streams.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
 // peerHandler is what a peer server serves (the Daemon).
 type peerHandler interface {
 	servePeer(ctx context.Context, from, op string, body json.RawMessage) *PeerReply
-	receiveImage(migration, name string, r io.Reader, size int64, verify func([32]byte) error) ([32]byte, error)
+	receiveImagePart(migration, name string, r io.Reader, off, size, fileSize int64, verify func([32]byte) error) ([32]byte, error)
 }
 
 // PeerServer accepts peer-channel connections.
@@ -170,8 +194,12 @@ func (s *PeerServer) serveStream(ctx context.Context, str *quic.Stream, from str
 		reply(&PeerReply{Error: &api.Error{Phase: api.PhaseTransfer, Cause: "negative image size"}})
 		return
 	}
-	// The 32-byte trailer follows the file: verify it before keeping the file.
-	sum, err := s.h.receiveImage(req.Migration, req.Name, br, req.Size, func(got [32]byte) error {
+	fileSize := req.FileSize
+	if fileSize == 0 {
+		fileSize = req.Size // the whole file
+	}
+	// The 32-byte trailer follows the file (or part): verify it before keeping the bytes.
+	sum, err := s.h.receiveImagePart(req.Migration, req.Name, br, req.Offset, req.Size, fileSize, func(got [32]byte) error {
 		var want [32]byte
 		if _, err := io.ReadFull(br, want[:]); err != nil {
 			return fmt.Errorf("read checksum trailer: %w", err)
@@ -194,11 +222,17 @@ func (s *PeerServer) serveStream(ctx context.Context, str *quic.Stream, from str
 }
 
 // PeerClient is the Peer of one configured node over the peer channel. It dials on first use and
-// redials when the connection is gone.
+// redials when a connection is gone. Operations go on its first connection; image parts also on
+// up to bulkConns-1 more.
 type PeerClient struct {
 	name, addr string
 	tls        *tls.Config
 
+	conns [bulkConns]peerConn
+}
+
+// peerConn is one QUIC connection of a PeerClient; mu serializes its dialing.
+type peerConn struct {
 	mu   sync.Mutex
 	conn *quic.Conn
 }
@@ -209,34 +243,60 @@ func NewPeerClient(name, addr string, cert tls.Certificate, roots *x509.CertPool
 	return &PeerClient{name: name, addr: addr, tls: pki.ClientConfig(cert, roots, name)}
 }
 
-func (c *PeerClient) connect(ctx context.Context) (*quic.Conn, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn != nil && c.conn.Context().Err() == nil {
-		return c.conn, nil
+// connect returns connection i (0: the operations' connection), dialing it if needed.
+func (c *PeerClient) connect(ctx context.Context, i int) (*quic.Conn, error) {
+	pc := &c.conns[i]
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.conn != nil && pc.conn.Context().Err() == nil {
+		return pc.conn, nil
 	}
 	conn, err := quic.DialAddr(ctx, c.addr, c.tls.Clone(), peerQUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s at %s: %w", c.name, c.addr, err)
 	}
-	c.conn = conn
+	pc.conn = conn
 	return conn, nil
 }
 
-// Close closes the connection, if any.
-func (c *PeerClient) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn != nil {
-		return c.conn.CloseWithError(0, "closing")
+// warm dials the bulk connections in the background (errors are left to the transfer, which
+// falls back to the operations' connection).
+func (c *PeerClient) warm() {
+	for i := 1; i < bulkConns; i++ {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), PeerIdleTimeout)
+			defer cancel()
+			c.connect(ctx, i)
+		}()
 	}
-	return nil
 }
 
-func (c *PeerClient) open(ctx context.Context) (*quic.Stream, error) {
+// Close closes the connections, if any.
+func (c *PeerClient) Close() error {
+	var err error
+	for i := range c.conns {
+		pc := &c.conns[i]
+		pc.mu.Lock()
+		if pc.conn != nil {
+			if cerr := pc.conn.CloseWithError(0, "closing"); i == 0 {
+				err = cerr
+			}
+		}
+		pc.mu.Unlock()
+	}
+	return err
+}
+
+// open opens a stream on connection i, redialing a stale connection once; a bulk connection
+// that cannot be had gives way to the operations' connection.
+func (c *PeerClient) open(ctx context.Context, i int) (*quic.Stream, error) {
 	for try := 0; ; try++ {
-		conn, err := c.connect(ctx)
+		conn, err := c.connect(ctx, i)
 		if err != nil {
+			if i != 0 && ctx.Err() == nil {
+				i, try = 0, -1
+				continue
+			}
 			return nil, err
 		}
 		str, err := conn.OpenStreamSync(ctx)
@@ -247,9 +307,12 @@ func (c *PeerClient) open(ctx context.Context) (*quic.Stream, error) {
 		if try > 0 || ctx.Err() != nil {
 			return nil, fmt.Errorf("open stream to %s: %w", c.name, err)
 		}
-		c.mu.Lock()
-		c.conn = nil // stale connection: redial once
-		c.mu.Unlock()
+		pc := &c.conns[i]
+		pc.mu.Lock()
+		if pc.conn == conn {
+			pc.conn = nil // stale connection: redial once
+		}
+		pc.mu.Unlock()
 	}
 }
 
@@ -268,13 +331,14 @@ func (c *PeerClient) finish(str *quic.Stream, op string) (*PeerReply, error) {
 	return &r, nil
 }
 
-// Call implements Peer.
+// Call implements Peer. A successful opPrepareRestore also dials the bulk connections for the
+// image that follows.
 func (c *PeerClient) Call(ctx context.Context, op string, req any) (*PeerReply, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", op, err)
 	}
-	str, err := c.open(ctx)
+	str, err := c.open(ctx, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -282,23 +346,97 @@ func (c *PeerClient) Call(ctx context.Context, op string, req any) (*PeerReply, 
 		return nil, fmt.Errorf("peer %s: send %s: %w", c.name, op, err)
 	}
 	str.Close()
-	return c.finish(str, op)
+	r, err := c.finish(str, op)
+	if err == nil && op == opPrepareRestore {
+		c.warm()
+	}
+	return r, err
 }
 
-// SendImage implements Peer.
+// SendImage implements Peer. A file of at least partMin bytes read from an io.ReaderAt (an
+// *os.File) goes in up to bulkConns parts at once, each on its own connection, each with its own
+// SHA-256 verified by the peer; the first part that fails cancels the others. Anything else goes
+// whole on one stream.
 func (c *PeerClient) SendImage(ctx context.Context, migration, name string, r io.Reader, size int64, progress func(int64)) error {
-	str, err := c.open(ctx)
+	ra, ok := r.(io.ReaderAt)
+	if !ok || size < partMin {
+		return c.sendPart(ctx, 0, migration, name, r, 0, size, 0, progress)
+	}
+	parts := int(min(int64(bulkConns), size/(partMin/2)))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		first error
+		total int64
+		sent  = make([]int64, parts)
+		wg    sync.WaitGroup
+	)
+	for i := range parts {
+		off, end := size*int64(i)/int64(parts), size*int64(i+1)/int64(parts)
+		wg.Go(func() {
+			err := c.sendPart(ctx, i, migration, name, io.NewSectionReader(ra, off, end-off), off, end-off, size, func(n int64) {
+				mu.Lock()
+				defer mu.Unlock()
+				total += n - sent[i]
+				sent[i] = n
+				if progress != nil && first == nil {
+					progress(total)
+				}
+			})
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// sendPart sends the size bytes of r as the bytes [off, off+size) of the image file name of
+// fileSize bytes (fileSize 0: r is the whole file) on a stream of connection conn, and waits for
+// the peer's SHA-256 verdict.
+func (c *PeerClient) sendPart(ctx context.Context, conn int, migration, name string, r io.Reader, off, size, fileSize int64, progress func(int64)) error {
+	str, err := c.open(ctx, conn)
 	if err != nil {
 		return err
 	}
-	if err := writeLine(str, peerRequest{Op: opImage, Migration: migration, Name: name, Size: size}); err != nil {
+	hdr := peerRequest{Op: opImage, Migration: migration, Name: name, Size: size}
+	what := name
+	if fileSize != 0 && (off != 0 || size != fileSize) {
+		hdr.Offset, hdr.FileSize = off, fileSize
+		what = fmt.Sprintf("%s bytes [%d, +%d)", name, off, size)
+	}
+	if err := writeLine(str, hdr); err != nil {
 		return fmt.Errorf("peer %s: send image header: %w", c.name, err)
 	}
 	h := sha256.New()
-	w := &progressWriter{w: io.MultiWriter(str, h), f: progress}
-	n, err := io.Copy(w, io.LimitReader(r, size))
-	if err == nil && n != size {
-		err = fmt.Errorf("image file %s: read %d of %d bytes: %w", name, n, size, io.ErrUnexpectedEOF)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for n < size && err == nil {
+		var m int
+		m, err = io.ReadFull(r, buf[:min(int64(len(buf)), size-n)])
+		if m > 0 {
+			h.Write(buf[:m])
+			if _, werr := str.Write(buf[:m]); werr != nil {
+				err = werr
+				break
+			}
+			n += int64(m)
+			if progress != nil {
+				progress(n)
+			}
+		}
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("image file %s: read %d of %d bytes: %w", what, n, size, io.ErrUnexpectedEOF)
 	}
 	if err != nil {
 		str.CancelWrite(3)
@@ -306,9 +444,10 @@ func (c *PeerClient) SendImage(ctx context.Context, migration, name string, r io
 		if r, rerr := c.finish(str, opImage); rerr != nil && r != nil {
 			return rerr
 		}
-		return fmt.Errorf("peer %s: send image %s: %w", c.name, name, err)
+		return fmt.Errorf("peer %s: send image %s: %w", c.name, what, err)
 	}
-	if _, err := str.Write(h.Sum(nil)); err != nil {
+	sum := h.Sum(nil)
+	if _, err := str.Write(sum); err != nil {
 		return fmt.Errorf("peer %s: send checksum: %w", c.name, err)
 	}
 	str.Close()
@@ -316,25 +455,10 @@ func (c *PeerClient) SendImage(ctx context.Context, migration, name string, r io
 	if err != nil {
 		return err
 	}
-	if want := fmt.Sprintf("%x", h.Sum(nil)); rep.SHA256 != want {
-		return fmt.Errorf("peer %s: image %s: %w: peer has %s", c.name, name, ErrChecksum, rep.SHA256)
+	if want := fmt.Sprintf("%x", sum); rep.SHA256 != want {
+		return fmt.Errorf("peer %s: image %s: %w: peer has %s", c.name, what, ErrChecksum, rep.SHA256)
 	}
 	return nil
-}
-
-type progressWriter struct {
-	w io.Writer
-	n int64
-	f func(int64)
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	p.n += int64(n)
-	if p.f != nil {
-		p.f(p.n)
-	}
-	return n, err
 }
 
 // Dialer returns a PeerDialer for the configured peers of cfg that reuses one PeerClient per

@@ -19,7 +19,7 @@ type cluster struct {
 	certs map[string]*pki.NodeCert
 }
 
-func newCluster(t *testing.T, nodes ...string) *cluster {
+func newCluster(t testing.TB, nodes ...string) *cluster {
 	t.Helper()
 	ca, err := pki.NewCA("test", 0)
 	if err != nil {

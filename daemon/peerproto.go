@@ -10,7 +10,8 @@ import (
 
 // Peer operations. Each is one bidirectional QUIC stream on the peer channel (peer.go): the caller
 // writes one JSON line peerRequest (for opImage followed by Size raw bytes and their 32-byte
-// SHA-256), closes its send side, and reads one JSON line PeerReply.
+// SHA-256), closes its send side, and reads one JSON line PeerReply. A large image file goes as
+// several opImage parts at once, on several streams and connections (peerRequest.Offset).
 const (
 	opPrepareRestore = "prepare-restore" // create the pod namespace and image directory
 	opImage          = "image"           // receive one image file
@@ -37,10 +38,15 @@ const (
 type peerRequest struct {
 	Op   string          `json:"op"`
 	Body json.RawMessage `json:"body,omitempty"`
-	// Image header (opImage): migration, relative file name, size in bytes.
+	// Image header (opImage): migration, relative file name, size in bytes of what follows.
 	Migration string `json:"migration,omitempty"`
 	Name      string `json:"name,omitempty"`
 	Size      int64  `json:"size,omitempty"`
+	// Part of a large image file (opImage, PeerClient.SendImage splits files of at least
+	// partMin bytes): the Size bytes that follow are the file's bytes [Offset, Offset+Size) of
+	// FileSize in all; the SHA-256 trailer and reply cover the part. FileSize 0: the whole file.
+	Offset   int64 `json:"offset,omitempty"`
+	FileSize int64 `json:"file_size,omitempty"`
 }
 
 // PeerReply is the answer to a peer operation.
@@ -107,7 +113,8 @@ type Peer interface {
 	// Call runs one operation with a JSON-encodable request.
 	Call(ctx context.Context, op string, req any) (*PeerReply, error)
 	// SendImage streams one image file of a migration; progress (may be nil) is called with the
-	// bytes sent so far. It returns once the peer verified the SHA-256.
+	// bytes sent so far (never concurrently). It returns once the peer verified the SHA-256 (of
+	// every part, when it sends the file in parts). It is safe for concurrent use.
 	SendImage(ctx context.Context, migration, name string, r io.Reader, size int64, progress func(sent int64)) error
 }
 
