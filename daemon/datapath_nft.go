@@ -1,19 +1,21 @@
 package daemon
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/steerd/steerd/internal/nsutil"
 )
@@ -55,8 +57,11 @@ func nftInstanceCounter(instance uint64) string { return "inst_" + strconv.Forma
 // NFT is the kernel datapath of steerd ("XDP off", Config.Datapath "nftables"): the Linux
 // kernel's NAT delivers each service's public UDP port to the pod that runs it on this node, as an
 // operator would without steerd's XDP program. It implements Datapath and the fencing interface.
+// It talks nf_tables netlink (github.com/google/nftables): no nft binary is needed, and a rule
+// change is one atomic transaction of about a millisecond.
 //
-// All state is one nftables table NFTTable (family inet) in the node network namespace:
+// All state is one nftables table NFTTable (family inet) in the node network namespace; `nft list
+// table inet steerd` shows it:
 //
 //	chain pre_filter  (filter, prerouting, priority mangle -150): remote instances:
 //	                  <public addr> udp dport <service port> -> count, drop (no ICMP port
@@ -73,11 +78,12 @@ func nftInstanceCounter(instance uint64) string { return "inst_" + strconv.Forma
 //	counters          delivered, dropped_stale, dropped_fenced, inst_<instance>
 //
 // What it gives up against the XDP datapath: no steering by DCID (conntrack steers by the
-// client's address and port, and keeps one entry per client flow, RFC 9000 section 9 migrations
-// of the client make new entries); no forwarding of the packets that still reach this node after
-// the service moved (they are dropped: the QUIC strategies rely on loss recovery and on the
-// server's announcement of the new address); LastSeen is never set (InstanceStats), so a
-// migration's drain ends when the instance's packet counter stopped moving for the drain period.
+// client's address and port and keeps one entry per client flow; a client that changes its own
+// address, RFC 9000 section 9, makes a new entry); no forwarding of the packets that still reach
+// this node after the service moved (they are dropped: the QUIC strategies rely on loss recovery
+// and on the server's announcement of the new address); LastSeen is never set (InstanceStats),
+// so a migration's drain ends when the instance's packet counter stopped moving for the drain
+// period.
 //
 // net.ipv4.ip_forward and net.ipv6.conf.all.forwarding are set to 1 in the node namespace at
 // open and stay set. Close deletes the table only with Config.DetachOnExit; otherwise the rules
@@ -89,64 +95,208 @@ type NFT struct {
 	netns string
 	nl    *netlink.Handle
 
-	mu     sync.Mutex
+	mu     sync.Mutex // serializes nf_tables transactions (c batches messages until Flush)
+	c      *nftables.Conn
 	local  map[uint64]LocalTarget
 	remote map[uint64]string
 }
 
+// nftTable is the table object of NFTTable.
+var nftTable = &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}
+
+// nftChains are the table's base chains (policy accept: they only act on steerd's packets).
+func nftChains() []*nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	return []*nftables.Chain{
+		{Name: "pre_filter", Table: nftTable, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept},
+		{Name: "pre_nat", Table: nftTable, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept},
+		{Name: "post_nat", Table: nftTable, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept},
+		{Name: "fwd_filter", Table: nftTable, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept},
+	}
+}
+
+// nftFencedSet is the set of fenced host-side veth ifindexes (host byte order, as meta iif
+// loads them).
+func nftFencedSet() *nftables.Set {
+	return &nftables.Set{Table: nftTable, Name: "fenced", KeyType: nftables.TypeIFIndex, KeyByteOrder: binaryutil.NativeEndian}
+}
+
 // OpenNFT creates the NFT datapath's table, chains, set and counters in this process's network
 // namespace (steerd runs inside the node netns) and enables IP forwarding there. An existing
-// table (left by a previous steerd) is kept until the first SetLocal/SetRemote rewrites its rules.
-// It needs the nft command (nftables, make deps) and CAP_NET_ADMIN.
+// table (left by a previous steerd) and its counters are kept; the first SetLocal/SetRemote
+// rewrites its rules. It needs CAP_NET_ADMIN.
 func OpenNFT(cfg *Config) (*NFT, error) { return openNFT(cfg, "") }
 
 // openNFT opens the NFT datapath in the named network namespace ("": the current one).
-func openNFT(cfg *Config, netnsName string) (*NFT, error) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, fmt.Errorf("open nftables datapath: %w (install nftables: make deps)", err)
-	}
-	var h *netlink.Handle
-	var err error
+func openNFT(cfg *Config, netnsName string) (_ *NFT, err error) {
+	n := &NFT{cfg: cfg, netns: netnsName, local: map[uint64]LocalTarget{}, remote: map[uint64]string{}}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if netnsName == "" {
-		h, err = netlink.NewHandle()
+		n.nl, err = netlink.NewHandle()
 	} else {
-		h, err = nsutil.Handle(netnsName)
+		n.nl, err = nsutil.Handle(netnsName)
+		if err == nil {
+			ns, oerr := nsutil.Open(netnsName)
+			if oerr != nil {
+				n.nl.Close()
+				return nil, fmt.Errorf("open nftables datapath: %w", oerr)
+			}
+			defer ns.Close() // the netlink socket keeps the namespace
+			opts = append(opts, nftables.WithNetNSFd(int(ns)))
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open nftables datapath: netlink: %w", err)
 	}
-	n := &NFT{cfg: cfg, netns: netnsName, nl: h, local: map[uint64]LocalTarget{}, remote: map[uint64]string{}}
+	defer func() {
+		if err != nil {
+			n.nl.Close()
+			if n.c != nil {
+				n.c.CloseLasting()
+			}
+		}
+	}()
+	if n.c, err = nftables.New(opts...); err != nil {
+		return nil, fmt.Errorf("open nftables datapath: nf_tables netlink: %w", err)
+	}
 	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
 		if err := n.sysctl(kv[0], kv[1]); err != nil {
-			h.Close()
 			return nil, fmt.Errorf("open nftables datapath: %w", err)
 		}
 	}
-	if err := n.nft(nftBase(), "-f", "-"); err != nil {
-		h.Close()
-		return nil, fmt.Errorf("open nftables datapath: create table %s: %w", NFTTable, err)
+	n.c.AddTable(nftTable)
+	for _, ch := range nftChains() {
+		n.c.AddChain(ch)
+	}
+	if err := n.c.AddSet(nftFencedSet(), nil); err != nil {
+		return nil, fmt.Errorf("open nftables datapath: set fenced: %w", err)
+	}
+	for _, name := range nftCounterNames {
+		n.c.AddObj(&nftables.CounterObj{Table: nftTable, Name: name})
+	}
+	if err := n.c.Flush(); err != nil {
+		return nil, fmt.Errorf("open nftables datapath: create table inet %s: %w", NFTTable, err)
 	}
 	return n, nil
 }
 
-// nftBase is the script that creates the table, its chains, set and global counters; every
-// statement is "add", which leaves existing objects (and their counters) as they are.
-func nftBase() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "add table inet %s\n", NFTTable)
-	for _, c := range []string{
-		"pre_filter { type filter hook prerouting priority -150; policy accept; }",
-		"pre_nat { type nat hook prerouting priority -100; policy accept; }",
-		"post_nat { type nat hook postrouting priority 100; policy accept; }",
-		"fwd_filter { type filter hook forward priority 0; policy accept; }",
-	} {
-		fmt.Fprintf(&b, "add chain inet %s %s\n", NFTTable, c)
+// nftRule is one rule of the table, in the terms of its nft syntax (String) and built as
+// nf_tables expressions (exprs).
+type nftRule struct {
+	Chain string
+	// Family is "ip" or "ip6" for a rule that matches an address ("": none).
+	Family       string
+	Daddr, Saddr netip.Addr
+	// DPort, SPort match UDP ports (0: no match).
+	DPort, SPort uint16
+	// OifName matches the output interface name.
+	OifName string
+	// Fenced is "iif" or "oif": the input or output interface is in the set fenced.
+	Fenced string
+	// Counters are named counters the rule increments.
+	Counters []string
+	// NAT is "dnat" or "snat" to To.
+	NAT string
+	To  netip.AddrPort
+	// Drop ends with the verdict drop.
+	Drop bool
+}
+
+// String returns the rule as `nft list` prints it.
+func (r nftRule) String() string {
+	var f []string
+	if r.OifName != "" {
+		f = append(f, fmt.Sprintf("oifname %q", r.OifName))
 	}
-	fmt.Fprintf(&b, "add set inet %s fenced { type iface_index; }\n", NFTTable)
-	for _, c := range nftCounterNames {
-		fmt.Fprintf(&b, "add counter inet %s %s\n", NFTTable, c)
+	if r.Saddr.IsValid() {
+		f = append(f, r.Family+" saddr "+r.Saddr.String())
 	}
-	return b.String()
+	if r.Daddr.IsValid() {
+		f = append(f, r.Family+" daddr "+r.Daddr.String())
+	}
+	if r.SPort != 0 {
+		f = append(f, fmt.Sprintf("udp sport %d", r.SPort))
+	}
+	if r.DPort != 0 {
+		f = append(f, fmt.Sprintf("udp dport %d", r.DPort))
+	}
+	if r.Fenced != "" {
+		f = append(f, r.Fenced+" @fenced")
+	}
+	for _, c := range r.Counters {
+		f = append(f, fmt.Sprintf("counter name %q", c))
+	}
+	if r.NAT != "" {
+		f = append(f, fmt.Sprintf("%s %s to %s", r.NAT, r.Family, r.To))
+	}
+	if r.Drop {
+		f = append(f, "drop")
+	}
+	return strings.Join(f, " ")
+}
+
+// exprs builds the rule's nf_tables expressions (register 1 for matches, 1 and 2 for NAT).
+func (r nftRule) exprs() []expr.Any {
+	var e []expr.Any
+	cmp := func(b []byte) expr.Any { return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b} }
+	if r.OifName != "" {
+		name := make([]byte, unix.IFNAMSIZ)
+		copy(name, r.OifName)
+		e = append(e, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, cmp(name))
+	}
+	if r.Family != "" {
+		proto, saddrOff, daddrOff, alen := byte(unix.NFPROTO_IPV4), uint32(12), uint32(16), uint32(4)
+		if r.Family == "ip6" {
+			proto, saddrOff, daddrOff, alen = unix.NFPROTO_IPV6, 8, 24, 16
+		}
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmp([]byte{proto}))
+		for _, m := range []struct {
+			a   netip.Addr
+			off uint32
+		}{{r.Saddr, saddrOff}, {r.Daddr, daddrOff}} {
+			if m.a.IsValid() {
+				e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.off, Len: alen}, cmp(m.a.AsSlice()))
+			}
+		}
+	}
+	if r.SPort != 0 || r.DPort != 0 {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmp([]byte{unix.IPPROTO_UDP}))
+		for _, m := range []struct {
+			p   uint16
+			off uint32
+		}{{r.SPort, 0}, {r.DPort, 2}} {
+			if m.p != 0 {
+				e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: m.off, Len: 2}, cmp(binaryutil.BigEndian.PutUint16(m.p)))
+			}
+		}
+	}
+	if r.Fenced != "" {
+		key := expr.MetaKeyIIF
+		if r.Fenced == "oif" {
+			key = expr.MetaKeyOIF
+		}
+		e = append(e, &expr.Meta{Key: key, Register: 1}, &expr.Lookup{SourceRegister: 1, SetName: "fenced"})
+	}
+	for _, c := range r.Counters {
+		e = append(e, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: c})
+	}
+	if r.NAT != "" {
+		typ, fam := expr.NATTypeDestNAT, uint32(unix.NFPROTO_IPV4)
+		if r.NAT == "snat" {
+			typ = expr.NATTypeSourceNAT
+		}
+		if r.Family == "ip6" {
+			fam = unix.NFPROTO_IPV6
+		}
+		e = append(e,
+			&expr.Immediate{Register: 1, Data: r.To.Addr().AsSlice()},
+			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(r.To.Port())},
+			&expr.NAT{Type: typ, Family: fam, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+	}
+	if r.Drop {
+		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
+	}
+	return e
 }
 
 // nftService is what the rules of one instance need: its public port and this node's public
@@ -156,19 +306,17 @@ type nftService struct {
 	Pub4, Pub6 netip.Addr
 }
 
-// nftRules returns the script that replaces every rule of the table (one atomic nft transaction:
-// flush the chains, then add the rules of each instance, sorted by instance): local instances are
-// DNATed to their pod and SNATed back, remote ones dropped at the public port. Instances missing
-// from svcs get no rule. The same state always gives the same script, so applying it twice leaves
-// one rule set.
-func nftRules(uplink string, svcs map[uint64]nftService, local map[uint64]LocalTarget, remote map[uint64]string) string {
-	var b strings.Builder
-	t := "inet " + NFTTable
-	for _, c := range []string{"pre_filter", "pre_nat", "post_nat", "fwd_filter"} {
-		fmt.Fprintf(&b, "flush chain %s %s\n", t, c)
+// nftPlan returns every rule of the table for a state, in chain order (the fence rules first,
+// then each instance's, sorted by instance): local instances are DNATed to their pod and SNATed
+// back (IPv4 and IPv6 where the node and the pod have the address), remote ones dropped at the
+// public port. Instances missing from svcs get no rule. It also returns the instance counters
+// the rules use. The same state always gives the same plan: applying it twice leaves one rule
+// set.
+func nftPlan(uplink string, svcs map[uint64]nftService, local map[uint64]LocalTarget, remote map[uint64]string) (rules []nftRule, counters []string) {
+	rules = []nftRule{
+		{Chain: "fwd_filter", Fenced: "iif", Counters: []string{NFTDroppedFenced}, Drop: true},
+		{Chain: "fwd_filter", Fenced: "oif", Counters: []string{NFTDroppedFenced}, Drop: true},
 	}
-	fmt.Fprintf(&b, "add rule %s fwd_filter iif @fenced counter name %q drop\n", t, NFTDroppedFenced)
-	fmt.Fprintf(&b, "add rule %s fwd_filter oif @fenced counter name %q drop\n", t, NFTDroppedFenced)
 	ids := make([]uint64, 0, len(local)+len(remote))
 	for id := range local {
 		ids = append(ids, id)
@@ -185,38 +333,30 @@ func nftRules(uplink string, svcs map[uint64]nftService, local map[uint64]LocalT
 			continue
 		}
 		ctr := nftInstanceCounter(id)
-		fmt.Fprintf(&b, "add counter %s %s\n", t, ctr)
-		type fam struct {
-			name       string // nft family keyword: ip, ip6
-			pub, pod   netip.Addr
-			fmtAddrPrt func(netip.Addr, uint16) string
-		}
+		counters = append(counters, ctr)
 		lt, isLocal := local[id]
-		fams := []fam{
-			{"ip", s.Pub4, lt.Pod4, func(a netip.Addr, p uint16) string { return fmt.Sprintf("%s:%d", a, p) }},
-			{"ip6", s.Pub6, lt.Pod6, func(a netip.Addr, p uint16) string { return fmt.Sprintf("[%s]:%d", a, p) }},
-		}
-		for _, f := range fams {
+		for _, f := range []struct {
+			name     string
+			pub, pod netip.Addr
+		}{{"ip", s.Pub4, lt.Pod4}, {"ip6", s.Pub6, lt.Pod6}} {
 			if !f.pub.IsValid() {
 				continue
 			}
 			if !isLocal {
-				fmt.Fprintf(&b, "add rule %s pre_filter %s daddr %s udp dport %d counter name %q counter name %q drop\n",
-					t, f.name, f.pub, s.Port, ctr, NFTDroppedStale)
+				rules = append(rules, nftRule{Chain: "pre_filter", Family: f.name, Daddr: f.pub, DPort: s.Port,
+					Counters: []string{ctr, NFTDroppedStale}, Drop: true})
 				continue
 			}
 			if !f.pod.IsValid() {
 				continue
 			}
-			fmt.Fprintf(&b, "add rule %s pre_nat %s daddr %s udp dport %d dnat %s to %s\n",
-				t, f.name, f.pub, s.Port, f.name, f.fmtAddrPrt(f.pod, lt.PodPort))
-			fmt.Fprintf(&b, "add rule %s post_nat oifname %q %s saddr %s udp sport %d snat %s to %s\n",
-				t, uplink, f.name, f.pod, lt.PodPort, f.name, f.fmtAddrPrt(f.pub, s.Port))
-			fmt.Fprintf(&b, "add rule %s fwd_filter %s daddr %s udp dport %d counter name %q counter name %q\n",
-				t, f.name, f.pod, lt.PodPort, ctr, NFTDelivered)
+			rules = append(rules,
+				nftRule{Chain: "pre_nat", Family: f.name, Daddr: f.pub, DPort: s.Port, NAT: "dnat", To: netip.AddrPortFrom(f.pod, lt.PodPort)},
+				nftRule{Chain: "post_nat", OifName: uplink, Family: f.name, Saddr: f.pod, SPort: lt.PodPort, NAT: "snat", To: netip.AddrPortFrom(f.pub, s.Port)},
+				nftRule{Chain: "fwd_filter", Family: f.name, Daddr: f.pod, DPort: lt.PodPort, Counters: []string{ctr, NFTDelivered}})
 		}
 	}
-	return b.String()
+	return rules, counters
 }
 
 // services returns the public port and addresses of every configured instance on this node.
@@ -228,9 +368,25 @@ func (n *NFT) services() map[uint64]nftService {
 	return m
 }
 
-// applyLocked writes the rules of the current state. n.mu must be held.
+// applyLocked replaces every rule of the table by the plan of the current state, in one
+// transaction (the chains are flushed and refilled atomically). n.mu must be held.
 func (n *NFT) applyLocked() error {
-	return n.nft(nftRules(n.cfg.Uplink, n.services(), n.local, n.remote), "-f", "-")
+	rules, counters := nftPlan(n.cfg.Uplink, n.services(), n.local, n.remote)
+	chains := map[string]*nftables.Chain{}
+	for _, ch := range nftChains() {
+		chains[ch.Name] = ch
+		n.c.FlushChain(ch)
+	}
+	for _, c := range counters {
+		n.c.AddObj(&nftables.CounterObj{Table: nftTable, Name: c})
+	}
+	for _, r := range rules {
+		n.c.AddRule(&nftables.Rule{Table: nftTable, Chain: chains[r.Chain], Exprs: r.exprs()})
+	}
+	if err := n.c.Flush(); err != nil {
+		return fmt.Errorf("nf_tables transaction: %w", err)
+	}
+	return nil
 }
 
 // flushConntrack deletes the conntrack entries of clients' flows to the instance's public
@@ -242,7 +398,7 @@ func (n *NFT) flushConntrack(s nftService) error {
 			continue
 		}
 		f := &netlink.ConntrackFilter{}
-		if err := f.AddProtocol(17); err != nil {
+		if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
 			return err
 		}
 		if err := f.AddIP(netlink.ConntrackOrigDstIP, a.AsSlice()); err != nil {
@@ -262,9 +418,9 @@ func (n *NFT) flushConntrack(s nftService) error {
 	return nil
 }
 
-// change applies a state change of instance: mutate edits the maps; on an nft error the previous
-// state is restored. Conntrack entries to the instance's public port are flushed when its state
-// changed.
+// change applies a state change of instance: mutate edits the maps; on a netlink error the
+// previous state is restored. Conntrack entries to the instance's public port are flushed when
+// its state changed.
 func (n *NFT) change(instance uint64, what string, mutate func()) error {
 	s, ok := n.services()[instance]
 	if !ok {
@@ -274,9 +430,9 @@ func (n *NFT) change(instance uint64, what string, mutate func()) error {
 	defer n.mu.Unlock()
 	oldL, hadL := n.local[instance]
 	oldR, hadR := n.remote[instance]
-	before := nftRules(n.cfg.Uplink, n.services(), n.local, n.remote)
 	mutate()
-	after := nftRules(n.cfg.Uplink, n.services(), n.local, n.remote)
+	newL, hasL := n.local[instance]
+	_, hasR := n.remote[instance]
 	if err := n.applyLocked(); err != nil {
 		delete(n.local, instance)
 		delete(n.remote, instance)
@@ -288,7 +444,7 @@ func (n *NFT) change(instance uint64, what string, mutate func()) error {
 		}
 		return fmt.Errorf("%s for instance %d: %w", what, instance, err)
 	}
-	if before != after {
+	if hadL != hasL || hadR != hasR || oldL != newL {
 		if err := n.flushConntrack(s); err != nil {
 			return fmt.Errorf("%s for instance %d: %w", what, instance, err)
 		}
@@ -336,36 +492,18 @@ func (n *NFT) Delete(instance uint64) error {
 	})
 }
 
-// nftCounterJSON is one counter object of `nft -j list counters` (libnftables-json(5)).
-type nftCounterJSON struct {
-	Counter *struct {
-		Name    string `json:"name"`
-		Table   string `json:"table"`
-		Packets uint64 `json:"packets"`
-	} `json:"counter"`
-}
-
 // readCounters returns every named counter of the table (packets by name).
 func (n *NFT) readCounters() (map[string]uint64, error) {
-	out, err := n.nftOutput("", "-j", "list", "counters", "table", "inet", NFTTable)
+	n.mu.Lock()
+	objs, err := n.c.GetObjects(nftTable)
+	n.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	return parseNFTCounters(out)
-}
-
-// parseNFTCounters reads the packets of each named counter of table NFTTable from nft's JSON.
-func parseNFTCounters(b []byte) (map[string]uint64, error) {
-	var doc struct {
-		Nftables []nftCounterJSON `json:"nftables"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("parse nft counters: %w", err)
-	}
-	m := map[string]uint64{}
-	for _, o := range doc.Nftables {
-		if o.Counter != nil && o.Counter.Table == NFTTable {
-			m[o.Counter.Name] = o.Counter.Packets
+	m := make(map[string]uint64, len(objs))
+	for _, o := range objs {
+		if c, ok := o.(*nftables.CounterObj); ok {
+			m[c.Name] = c.Packets
 		}
 	}
 	return m, nil
@@ -398,92 +536,64 @@ func (n *NFT) Counters() (map[string]uint64, error) {
 
 // SetFenced implements fencer: the pod's host-side veth joins (or leaves) the set "fenced", whose
 // rules drop every packet forwarded from or to it (counter dropped_fenced). The set lives in the
-// table: a fence outlives steerd unless Close deletes the table (DetachOnExit).
+// table: a fence outlives steerd unless Close deletes the table (DetachOnExit). Unfencing a pod
+// that is not fenced is no error.
 func (n *NFT) SetFenced(hostIfindex int, fenced bool) error {
-	op := "add"
-	if !fenced {
-		op = "delete"
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	el := []nftables.SetElement{{Key: binaryutil.NativeEndian.PutUint32(uint32(hostIfindex))}}
+	set := nftFencedSet()
+	if fenced {
+		if err := n.c.SetAddElements(set, el); err != nil {
+			return fmt.Errorf("add veth %d to the fenced set: %w", hostIfindex, err)
+		}
+	} else {
+		// The element is added first so that its deletion never fails on a missing one.
+		if err := n.c.SetAddElements(set, el); err != nil {
+			return fmt.Errorf("remove veth %d from the fenced set: %w", hostIfindex, err)
+		}
+		if err := n.c.SetDeleteElements(set, el); err != nil {
+			return fmt.Errorf("remove veth %d from the fenced set: %w", hostIfindex, err)
+		}
 	}
-	err := n.nft(fmt.Sprintf("%s element inet %s fenced { %d }\n", op, NFTTable, hostIfindex), "-f", "-")
-	if err != nil && !fenced && strings.Contains(err.Error(), "No such file or directory") {
-		return nil // not fenced
-	}
-	if err != nil {
-		return fmt.Errorf("%s veth %d to the fenced set: %w", op, hostIfindex, err)
+	if err := n.c.Flush(); err != nil {
+		return fmt.Errorf("update the fenced set (veth %d): %w", hostIfindex, err)
 	}
 	return nil
 }
 
-// FencedPods implements fencer: the host-side veth ifindexes in the set "fenced", sorted. nft
-// prints an element whose interface exists by its name, which is looked up here.
+// FencedPods implements fencer: the host-side veth ifindexes in the set "fenced", sorted.
 func (n *NFT) FencedPods() ([]int, error) {
-	out, err := n.nftOutput("", "-j", "list", "set", "inet", NFTTable, "fenced")
+	n.mu.Lock()
+	els, err := n.c.GetSetElements(nftFencedSet())
+	n.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("list fenced pods: %w", err)
 	}
-	elems, err := parseNFTSetElems(out)
-	if err != nil {
-		return nil, fmt.Errorf("list fenced pods: %w", err)
-	}
-	var idx []int
-	for _, e := range elems {
-		if i, err := strconv.Atoi(e); err == nil {
-			idx = append(idx, i)
-			continue
+	idx := make([]int, 0, len(els))
+	for _, e := range els {
+		if len(e.Key) != 4 {
+			return nil, fmt.Errorf("list fenced pods: element of %d bytes, want 4", len(e.Key))
 		}
-		l, err := n.nl.LinkByName(e)
-		if err != nil {
-			return nil, fmt.Errorf("list fenced pods: interface %s: %w", e, err)
-		}
-		idx = append(idx, l.Attrs().Index)
+		idx = append(idx, int(binaryutil.NativeEndian.Uint32(e.Key)))
 	}
 	sort.Ints(idx)
 	return idx, nil
-}
-
-// parseNFTSetElems returns the elements of the set in `nft -j list set` output as strings
-// (interface names or numbers).
-func parseNFTSetElems(b []byte) ([]string, error) {
-	var doc struct {
-		Nftables []struct {
-			Set *struct {
-				Elem []json.RawMessage `json:"elem"`
-			} `json:"set"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("parse nft set: %w", err)
-	}
-	var out []string
-	for _, o := range doc.Nftables {
-		if o.Set == nil {
-			continue
-		}
-		for _, e := range o.Set.Elem {
-			var s string
-			if err := json.Unmarshal(e, &s); err == nil {
-				out = append(out, s)
-				continue
-			}
-			var u uint64
-			if err := json.Unmarshal(e, &u); err != nil {
-				return nil, fmt.Errorf("parse nft set element %s: %w", e, err)
-			}
-			out = append(out, strconv.FormatUint(u, 10))
-		}
-	}
-	return out, nil
 }
 
 // Close implements Datapath: with Config.DetachOnExit the table goes (rules, counters, fences);
 // otherwise it stays and keeps delivering. IP forwarding stays enabled either way.
 func (n *NFT) Close() error {
 	defer n.nl.Close()
+	defer n.c.CloseLasting()
 	if !n.cfg.DetachOnExit {
 		return nil
 	}
-	if err := n.nft("", "delete", "table", "inet", NFTTable); err != nil && !strings.Contains(err.Error(), "No such file or directory") {
-		return fmt.Errorf("close nftables datapath: delete table %s: %w", NFTTable, err)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.c.DelTable(nftTable)
+	if err := n.c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("close nftables datapath: delete table inet %s: %w", NFTTable, err)
 	}
 	return nil
 }
@@ -498,30 +608,4 @@ func (n *NFT) sysctl(key, value string) error {
 		return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
 	}
 	return nil
-}
-
-// nft runs nft with args (stdin: script) in the datapath's namespace; the error carries nft's
-// message.
-func (n *NFT) nft(script string, args ...string) error {
-	_, err := n.nftOutput(script, args...)
-	return err
-}
-
-func (n *NFT) nftOutput(script string, args ...string) ([]byte, error) {
-	name, argv := "nft", args
-	if n.netns != "" {
-		name, argv = "ip", append([]string{"netns", "exec", n.netns, "nft"}, args...)
-	}
-	cmd := exec.Command(name, argv...)
-	cmd.Stdin = strings.NewReader(script)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			return nil, fmt.Errorf("nft %s: %w", strings.Join(args, " "), err)
-		}
-		return nil, fmt.Errorf("nft %s: %s: %w", strings.Join(args, " "), msg, err)
-	}
-	return stdout.Bytes(), nil
 }

@@ -22,65 +22,51 @@ var (
 	nftPod6 = netip.MustParseAddr("2001:2:0:ff::1")
 )
 
-// TestNFTRules: the script for a local instance (v4 + v6), a remote one (v4 only node), and that
-// the same state gives the same script whatever the map order.
-func TestNFTRules(t *testing.T) {
+// TestNFTPlan: the rules of a local instance (IPv4 + IPv6), a remote one (IPv4-only node), an
+// unconfigured one (none); the same state gives the same plan whatever the map order. That
+// nf_tables holds these very rules (exprs) is TestNFTDatapath's check against `nft list`.
+func TestNFTPlan(t *testing.T) {
 	svcs := map[uint64]nftService{
 		7: {Port: 4433, Pub4: nftPub4, Pub6: nftPub6},
 		8: {Port: 4434, Pub4: nftPub4},
 	}
 	local := map[uint64]LocalTarget{7: {HostIfindex: 5, Pod4: nftPod4, Pod6: nftPod6, PodPort: 4433}}
 	remote := map[uint64]string{8: "n1", 9: "n1"} // 9: not configured, no rule
-	got := nftRules("up0", svcs, local, remote)
-	want := `flush chain inet steerd pre_filter
-flush chain inet steerd pre_nat
-flush chain inet steerd post_nat
-flush chain inet steerd fwd_filter
-add rule inet steerd fwd_filter iif @fenced counter name "dropped_fenced" drop
-add rule inet steerd fwd_filter oif @fenced counter name "dropped_fenced" drop
-add counter inet steerd inst_7
-add rule inet steerd pre_nat ip daddr 198.18.200.2 udp dport 4433 dnat ip to 198.19.0.1:4433
-add rule inet steerd post_nat oifname "up0" ip saddr 198.19.0.1 udp sport 4433 snat ip to 198.18.200.2:4433
-add rule inet steerd fwd_filter ip daddr 198.19.0.1 udp dport 4433 counter name "inst_7" counter name "delivered"
-add rule inet steerd pre_nat ip6 daddr 2001:2:0:c8::2 udp dport 4433 dnat ip6 to [2001:2:0:ff::1]:4433
-add rule inet steerd post_nat oifname "up0" ip6 saddr 2001:2:0:ff::1 udp sport 4433 snat ip6 to [2001:2:0:c8::2]:4433
-add rule inet steerd fwd_filter ip6 daddr 2001:2:0:ff::1 udp dport 4433 counter name "inst_7" counter name "delivered"
-add counter inet steerd inst_8
-add rule inet steerd pre_filter ip daddr 198.18.200.2 udp dport 4434 counter name "inst_8" counter name "dropped_stale" drop
+	rules, counters := nftPlan("up0", svcs, local, remote)
+	want := `fwd_filter: iif @fenced counter name "dropped_fenced" drop
+fwd_filter: oif @fenced counter name "dropped_fenced" drop
+pre_nat: ip daddr 198.18.200.2 udp dport 4433 dnat ip to 198.19.0.1:4433
+post_nat: oifname "up0" ip saddr 198.19.0.1 udp sport 4433 snat ip to 198.18.200.2:4433
+fwd_filter: ip daddr 198.19.0.1 udp dport 4433 counter name "inst_7" counter name "delivered"
+pre_nat: ip6 daddr 2001:2:0:c8::2 udp dport 4433 dnat ip6 to [2001:2:0:ff::1]:4433
+post_nat: oifname "up0" ip6 saddr 2001:2:0:ff::1 udp sport 4433 snat ip6 to [2001:2:0:c8::2]:4433
+fwd_filter: ip6 daddr 2001:2:0:ff::1 udp dport 4433 counter name "inst_7" counter name "delivered"
+pre_filter: ip daddr 198.18.200.2 udp dport 4434 counter name "inst_8" counter name "dropped_stale" drop
 `
-	if got != want {
+	if got := planText(rules); got != want {
 		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
 	}
+	if !slices.Equal(counters, []string{"inst_7", "inst_8"}) {
+		t.Errorf("instance counters %v, want [inst_7 inst_8]", counters)
+	}
 	for range 20 {
-		if again := nftRules("up0", svcs, local, remote); again != got {
-			t.Fatalf("same state, other script:\n%s", again)
+		if again, _ := nftPlan("up0", svcs, local, remote); planText(again) != planText(rules) {
+			t.Fatalf("same state, other plan:\n%s", planText(again))
 		}
 	}
 	// A local instance whose pod has only IPv4 gets no IPv6 rule.
-	v4only := nftRules("up0", svcs, map[uint64]LocalTarget{7: {Pod4: nftPod4, PodPort: 4433}}, nil)
-	if strings.Contains(v4only, "ip6") || !strings.Contains(v4only, "dnat ip to 198.19.0.1:4433") {
-		t.Errorf("IPv4-only pod:\n%s", v4only)
+	v4only, _ := nftPlan("up0", svcs, map[uint64]LocalTarget{7: {Pod4: nftPod4, PodPort: 4433}}, nil)
+	if txt := planText(v4only); strings.Contains(txt, "ip6") || !strings.Contains(txt, "dnat ip to 198.19.0.1:4433") {
+		t.Errorf("IPv4-only pod:\n%s", txt)
 	}
 }
 
-func TestNFTParse(t *testing.T) {
-	cs, err := parseNFTCounters([]byte(`{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "delivered", "table": "steerd", "handle": 5, "packets": 12, "bytes": 900}}, {"counter": {"family": "inet", "name": "inst_7", "table": "steerd", "handle": 6, "packets": 3, "bytes": 0}}, {"counter": {"family": "inet", "name": "x", "table": "other", "packets": 99}}]}`))
-	if err != nil {
-		t.Fatal(err)
+func planText(rules []nftRule) string {
+	var b strings.Builder
+	for _, r := range rules {
+		fmt.Fprintf(&b, "%s: %s\n", r.Chain, r)
 	}
-	if len(cs) != 2 || cs["delivered"] != 12 || cs["inst_7"] != 3 {
-		t.Errorf("counters %v, want delivered 12, inst_7 3 (and no counter of another table)", cs)
-	}
-	el, err := parseNFTSetElems([]byte(`{"nftables": [{"metainfo": {}}, {"set": {"family": "inet", "name": "fenced", "table": "steerd", "type": "iface_index", "elem": ["d1", 42]}}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(el, []string{"d1", "42"}) {
-		t.Errorf("elements %v, want [d1 42]", el)
-	}
-	if _, err := parseNFTCounters([]byte("not json")); err == nil {
-		t.Error("garbage parsed")
-	}
+	return b.String()
 }
 
 func TestConfigDatapath(t *testing.T) {
@@ -159,6 +145,16 @@ func newNFTTestbed(t *testing.T) *nftTestbed {
 	return tb
 }
 
+// nftList returns `nft list table inet steerd` in namespace ns.
+func nftList(t *testing.T, ns string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "inet", NFTTable).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list: %v: %s", err, out)
+	}
+	return string(out)
+}
+
 // listen opens a UDP socket in namespace ns.
 func listen(t *testing.T, ns, addr string) *net.UDPConn {
 	t.Helper()
@@ -212,12 +208,13 @@ func TestNFTDatapath(t *testing.T) {
 			t.Fatalf("set local: %v", err)
 		}
 	}
-	out, err := n.nftOutput("", "list", "chain", "inet", NFTTable, "pre_nat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := strings.Count(string(out), "dnat ip to"); c != 1 {
-		t.Errorf("SetLocal twice: %d DNAT rules, want 1:\n%s", c, out)
+	// The kernel holds exactly the planned rules, as nft reads them back.
+	listed := nftList(t, tb.node)
+	plan, _ := nftPlan("up0", n.services(), map[uint64]LocalTarget{7: lt}, nil)
+	for _, r := range plan {
+		if c := strings.Count(listed, "\t"+r.String()+"\n"); c != 1 {
+			t.Errorf("rule %q listed %d times, want 1 (SetLocal twice):\n%s", r, c, listed)
+		}
 	}
 	if err := n.SetLocal(99, lt); !errors.Is(err, ErrUnknownService) || !strings.Contains(err.Error(), "set local route for instance 99") {
 		t.Errorf("unknown instance: %v, want ErrUnknownService naming it", err)
@@ -307,15 +304,14 @@ func TestNFTDatapath(t *testing.T) {
 	if err := n.Delete(7); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	out, _ = n.nftOutput("", "list", "table", "inet", NFTTable)
-	if strings.Contains(string(out), "4433") {
+	if out := nftList(t, tb.node); strings.Contains(out, "4433") {
 		t.Errorf("rules of instance 7 left after Delete:\n%s", out)
 	}
 	closed = true
 	if err := n.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	if _, err := n.nftOutput("", "list", "table", "inet", NFTTable); err == nil {
-		t.Error("table still there after Close with DetachOnExit")
+	if out, err := exec.Command("ip", "netns", "exec", tb.node, "nft", "list", "table", "inet", NFTTable).CombinedOutput(); err == nil {
+		t.Errorf("table still there after Close with DetachOnExit:\n%s", out)
 	}
 }

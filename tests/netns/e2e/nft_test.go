@@ -103,6 +103,13 @@ func nftMigrate(t *testing.T, c *demo.Cluster, dp string, from, to int, strategy
 	t.Logf("datapath %s, %s %s->%s cold: downtime %v, drain: %s; load sent %d received %d lost %d ooo %d wrong %d failed %d, max gap %.0f ms, switched %d/%d; counters %s %v, %s %v",
 		dp, strategy, c.Names[from], c.Names[to], m.Downtime.Round(time.Millisecond), drainInfo(m), rep.Sent, rep.Received, rep.Lost,
 		rep.OutOfOrder, rep.Wrong, rep.Failed, rep.MaxGapMS, rep.Switched, len(rep.Conns), c.Names[from], delta(bf, af), c.Names[to], delta(bt, at))
+	if testing.Verbose() {
+		for _, ev := range m.Events {
+			if ev.Kind == api.End {
+				t.Logf("  %s %s %s %v %s", ev.Time.Format("15:04:05.000"), ev.Node, ev.Phase, ev.Duration.Round(time.Millisecond), ev.Detail)
+			}
+		}
+	}
 	for _, cr := range rep.Conns {
 		if cr.Err != "" {
 			t.Errorf("conn %d failed: %s (server %s, switches %v)", cr.Conn, cr.Err, cr.ServerAddr, cr.Switches)
