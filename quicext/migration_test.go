@@ -1,11 +1,15 @@
 package quicext
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // deadAddr binds a UDP socket that never answers and returns its address.
@@ -74,5 +78,54 @@ func testStrategies(t *testing.T, n int) {
 				tb.finish(name)
 			})
 		}
+	}
+}
+
+// TestPoolWithoutConfiguredPool: a server with no ServerConfig.Pool (steerd's benchmark starts
+// kvservice without -pool) prepares Pool clients with the migration target. The preparation must
+// announce the target as a pool address (POOL_MIGRATION_ADDRESS before the STRATEGY), so that the
+// client probes it on silence and switches; before, the client had no candidate, stayed on the
+// old address and every request sent there after the source stopped forwarding was lost. A
+// second Prepare to the same target does not announce it again.
+func TestPoolWithoutConfiguredPool(t *testing.T) {
+	tb := newTestbed(t, false, ServerConfig{})
+	var mu sync.Mutex
+	var announced []netip.AddrPort
+	tb.dial(1, ClientOptions{Strategies: StrategyPool, OnEvent: func(e Event) {
+		if e.Kind == EventAnnounced && e.Strategy == StrategyPool && e.Addr.IsValid() {
+			mu.Lock()
+			announced = append(announced, e.Addr)
+			mu.Unlock()
+		}
+	}}, 10*time.Millisecond)
+	newAddr, err := tb.mc.Reserve(tb.network(), tb.nextAddr(0))
+	if err != nil {
+		t.Fatalf("reserve: %v", err)
+	}
+	r := tb.move(0, StrategyPool, 150*time.Millisecond, newAddr) // fails unless the client switches
+	if !r.AllReady() || r.Strategy != StrategyPool {
+		t.Fatalf("readiness: %+v", r)
+	}
+	mu.Lock()
+	got := append([]netip.AddrPort(nil), announced...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != newAddr {
+		t.Fatalf("pool addresses announced %v, want [%v]", got, newAddr)
+	}
+	tb.finish("pool without configured pool")
+
+	// Same target again (an abort and a retry): already in the client's pool.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := tb.srv.Prepare(ctx, target(newAddr), func(*quic.Conn) Strategy { return StrategyPool }); err != nil {
+		t.Fatalf("prepare again: %v", err)
+	}
+	if err := tb.srv.Abort(); err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(announced) != 1 {
+		t.Fatalf("pool addresses announced %v after a second prepare to the same target, want it once", announced)
 	}
 }

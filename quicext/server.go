@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -648,6 +649,7 @@ type serverConn struct {
 	sent, acked    uint64
 	ackCh          chan struct{}
 	prepared       Strategy
+	pool           []Target // POOL_MIGRATION_ADDRESS sent on this connection, in order
 
 	mode  streamMode
 	raw   func(*quic.ReceiveStream) // modeStreamID, modeRaw: handler of the other streams
@@ -791,6 +793,9 @@ func (sc *serverConn) readExt(r *bufio.Reader, str *quic.ReceiveStream) {
 		}
 	}
 	sc.mu.Lock()
+	if neg.Has(StrategyPool) {
+		sc.pool = append(sc.pool, sc.s.cfg.Pool[:min(len(sc.s.cfg.Pool), MaxPool)]...)
+	}
 	sc.send = send
 	sc.sent += counted
 	_, werr := send.Write(b)
@@ -867,7 +872,16 @@ func (sc *serverConn) prepare(st Strategy, target Target, gen uint64) error {
 		return ErrAborted
 	}
 	sc.prepared = st
-	ms := []message{{typ: MsgStrategy, value: uint64(st)}}
+	var ms []message
+	if st == StrategyPool && sc.needsPoolTarget(target) {
+		// The client probes only announced pool addresses: without the destination among them
+		// it would never leave the old address, and lose every request sent there once the
+		// source stops forwarding (drain). Announce it first; the stream is ordered, so the
+		// client has it before the STRATEGY that arms Pool.
+		ms = append(ms, message{typ: MsgPoolMigrationAddress, addr: target})
+		sc.pool = append(sc.pool, target)
+	}
+	ms = append(ms, message{typ: MsgStrategy, value: uint64(st)})
 	switch st {
 	case StrategyExplicit, StrategyExplicitReactive:
 		ms = append(ms, message{typ: MsgServerMigration, addr: target, hasAddr: true})
@@ -875,6 +889,31 @@ func (sc *serverConn) prepare(st Strategy, target Target, gen uint64) error {
 		ms = append(ms, message{typ: MsgServerMigration})
 	}
 	return sc.writeLocked(ms...)
+}
+
+// needsPoolTarget reports whether a Pool preparation must announce target first: the address of
+// the connection's family is valid and not among the POOL_MIGRATION_ADDRESS already sent, and
+// the client's pool (MaxPool addresses) has room for it. Called with sc.mu held.
+func (sc *serverConn) needsPoolTarget(target Target) bool {
+	remote := addrPortOf(sc.conn.RemoteAddr())
+	a := target.For(remote)
+	if !a.IsValid() || len(sc.pool) >= MaxPool {
+		return false
+	}
+	for _, t := range sc.pool {
+		if t.For(remote) == a {
+			return false
+		}
+	}
+	return true
+}
+
+// addrPortOf returns the address of a *net.UDPAddr (the zero AddrPort for other types).
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		return ua.AddrPort()
+	}
+	return netip.AddrPort{}
 }
 
 func (sc *serverConn) waitAcked(ctx context.Context) bool {
