@@ -42,13 +42,15 @@ type options struct {
 	matrixBudget                    time.Duration
 	ttls                            []time.Duration
 	sizes                           []int
+	xdp                             []bool
+	techniques                      []string
 	maxRuns, minRuns                int
 	skipDatapath, skipBaselines     bool
 }
 
 func main() {
 	var o options
-	var ttls, sizes string
+	var ttls, sizes, xdp, techs string
 	flag.StringVar(&o.out, "out", "", "output directory (created)")
 	flag.StringVar(&o.kvsvc, "kvsvc", "bin/kvsvc", "static kvsvc binary")
 	flag.StringVar(&o.bin, "bin", "bin", "directory with the built steerd binaries")
@@ -61,6 +63,8 @@ func main() {
 	flag.DurationVar(&o.dpDur, "dp-duration", time.Second, "duration of each offered load of a datapath sweep")
 	flag.StringVar(&ttls, "ttls", "1s,5s", "DNS TTLs of the TCP+DNS baseline (the first at every size, the others at the first size)")
 	flag.StringVar(&sizes, "sizes", "0,10,50,100", "container ballast sizes in MiB")
+	flag.StringVar(&xdp, "xdp", "on,off", "matrix datapaths, comma-separated: on (steerd's XDP datapath), off (steerd --datapath nftables)")
+	flag.StringVar(&techs, "techniques", strings.Join(matrix.Techniques, ","), "matrix techniques, comma-separated")
 	flag.IntVar(&o.maxRuns, "runs", 10, "runs per baseline cell (fewer when the budget is short)")
 	flag.IntVar(&o.minRuns, "matrix-min-runs", 10, "minimum runs per matrix cell")
 	flag.BoolVar(&o.skipDatapath, "skip-datapath", false, "skip the datapath cases")
@@ -79,6 +83,22 @@ func main() {
 			log.Fatalf("steerbench: parse -sizes: %v", err)
 		}
 		o.sizes = append(o.sizes, n)
+	}
+	for _, x := range strings.Split(xdp, ",") {
+		switch strings.TrimSpace(x) {
+		case "on":
+			o.xdp = append(o.xdp, true)
+		case "off":
+			o.xdp = append(o.xdp, false)
+		default:
+			log.Fatalf("steerbench: parse -xdp: %q is not on or off", x)
+		}
+	}
+	for _, t := range strings.Split(techs, ",") {
+		if t = strings.TrimSpace(t); !slices.Contains(matrix.Techniques, t) {
+			log.Fatalf("steerbench: parse -techniques: %q is not one of %s", t, strings.Join(matrix.Techniques, ", "))
+		}
+		o.techniques = append(o.techniques, t)
 	}
 	if o.out == "" {
 		log.Fatal("steerbench: -out is required")
@@ -163,7 +183,7 @@ func run(o options) error {
 	defer m.Close()
 	var cells []matrix.Cell
 	for _, c := range matrix.Cells() {
-		if slices.Contains(o.sizes, c.BallastMB) {
+		if slices.Contains(o.sizes, c.BallastMB) && slices.Contains(o.xdp, c.XDP) && slices.Contains(o.techniques, c.Technique) {
 			cells = append(cells, c)
 		}
 	}
