@@ -66,7 +66,7 @@ func main() {
 	flag.StringVar(&xdp, "xdp", "on,off", "matrix datapaths, comma-separated: on (steerd's XDP datapath), off (steerd --datapath nftables)")
 	flag.StringVar(&techs, "techniques", strings.Join(matrix.Techniques, ","), "matrix techniques, comma-separated")
 	flag.IntVar(&o.maxRuns, "runs", 10, "runs per baseline cell (fewer when the budget is short)")
-	flag.IntVar(&o.minRuns, "matrix-min-runs", 10, "minimum runs per matrix cell")
+	flag.IntVar(&o.minRuns, "matrix-min-runs", 10, "runs per matrix cell (groups that do not fit the budget at this count are not run)")
 	flag.BoolVar(&o.skipDatapath, "skip-datapath", false, "skip the datapath cases")
 	flag.BoolVar(&o.skipBaselines, "skip-baselines", false, "skip the baselines")
 	flag.Parse()
@@ -208,7 +208,7 @@ func run(o options) error {
 
 	// 3. Matrix.
 	mr := &matrix.Runner{M: m, Env: &matrix.Env{TB: tb, Work: work, Bin: o.bin, Interval: o.interval},
-		Budget: min(matrixBudget, time.Until(deadline)), MinRuns: o.minRuns, MaxRuns: 20, Logf: log.Printf}
+		Budget: min(matrixBudget, time.Until(deadline)), MinRuns: o.minRuns, MaxRuns: o.minRuns, Logf: log.Printf}
 	s.matrix = mr.Run(ctx, cells)
 	s.plan = mr.PlanTaken
 	log.Printf("matrix: %s", s.plan.Note)
