@@ -628,7 +628,7 @@ func (s *summary) markdown() string {
 			w("| %d (e.g. %s) | %s |\n", len(g.cells), g.cells[0], strings.ReplaceAll(g.reason, "|", "/"))
 		}
 	}
-	w("\n| strategy | technique | size MB | XDP | runs | errors | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | lost requests | vs TCP+DNS %s (median gap) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
+	w("\n| strategy | technique | size MB | XDP | runs | errors | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | gap/freeze p95 | state kept | lost requests | vs TCP+DNS %s (median gap) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", s.o.ttls[0])
 	for _, size := range s.o.sizes {
 		for _, c := range sums {
 			if c.BallastMB != size || (c.Runs == 0 && !strings.HasPrefix(c.Status, "error")) {
@@ -638,8 +638,8 @@ func (s *summary) markdown() string {
 			if c.Runs > 0 && tcp1[c.BallastMB] > 0 {
 				vs = f2(c.Gap.Median / tcp1[c.BallastMB])
 			}
-			w("| %s | %s | %d | %v | %d | %d | %s | %s | %s | %s | %s | %d/%d | %d | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs, c.Errs,
-				f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), c.StateKept, c.Runs, c.Lost, vs)
+			w("| %s | %s | %d | %v | %d | %d | %s | %s | %s | %s | %s | %s | %d/%d | %d | %s |\n", c.Strategy, c.Technique, c.BallastMB, c.XDP, c.Runs, c.Errs,
+				f1(c.Gap.Median), f1(c.Gap.P95), f1(c.Freeze.Median), f1(c.Freeze.P95), f2(c.Ratio.Median), f2(c.Ratio.P95), c.StateKept, c.Runs, c.Lost, vs)
 		}
 	}
 	errs := 0
