@@ -494,19 +494,19 @@ func (s *summary) markdown() string {
 	w("- MPTCP: the same over MPTCP (Go SetMultipathTCP on both ends, `ip mptcp limits set subflow 2 add_addr_accepted 2` in the client and both pods), DNS TTL %s.\n", s.o.ttls[0])
 	w("- %s\n\n", s.blNote)
 
-	w("## Baselines\n\n| baseline | method | runs | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | state kept | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	w("## Baselines\n\n| baseline | method | runs | gap median ms | gap p95 ms | freeze median ms | freeze p95 ms | gap/freeze median | gap/freeze p95 | state kept | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var floor, tcp1 map[int]float64 = map[int]float64{}, map[int]float64{}
 	for _, c := range s.bl {
 		cs := c.stats()
-		fr, fp, rt := f1(cs.freeze.Median), f1(cs.freeze.P95), f2(cs.ratio.Median)
+		fr, fp, rt, rp := f1(cs.freeze.Median), f1(cs.freeze.P95), f2(cs.ratio.Median), f2(cs.ratio.P95)
 		if c.kind == baseline.KindNone {
-			fr, fp, rt = "-", "-", "-"
+			fr, fp, rt, rp = "-", "-", "-", "-"
 			floor[0] = cs.gap.Median
 		}
 		if c.kind == baseline.KindTCPDNS && c.ttl == s.o.ttls[0] {
 			tcp1[c.size] = cs.gap.Median
 		}
-		w("| %s | %s | %d | %s | %s | %s | %s | %s | %d/%d | %d |\n", c.label(), cs.method, cs.n, f1(cs.gap.Median), f1(cs.gap.P95), fr, fp, rt, cs.kept, cs.n, cs.errs)
+		w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %d/%d | %d |\n", c.label(), cs.method, cs.n, f1(cs.gap.Median), f1(cs.gap.P95), fr, fp, rt, rp, cs.kept, cs.n, cs.errs)
 	}
 	w("\nRatios (median gap):\n\n")
 	for _, c := range s.bl {
