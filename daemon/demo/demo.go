@@ -150,7 +150,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		for i := range after {
 			after[i], _ = c.Counters(ctx, i)
 		}
-		printMigration(out, m, from, to, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]))
+		printMigration(out, m, from, to, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]), o.Datapath == daemon.DatapathNFT && !o.NoDatapath)
 		if routes, err := c.Steerctl(ctx, s.From, "routes"); err == nil {
 			if r := strings.TrimSpace(routes); r == "(no routes)" || !strings.Contains(r, "\n") {
 				routes = "(no routes: the forwarding entry was removed after the drain)\n"
@@ -219,7 +219,9 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micros
 
 // printMigration prints a migration's timeline (per-file transfer events folded into one line),
 // its phase durations and the datapath counters of both nodes during it.
-func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map[string]uint64) {
+// printMigration prints a migration's timeline, phases and the datapath counters of both nodes
+// during it (nft: the nodes run the nftables datapath, daemon.NFT).
+func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map[string]uint64, nft bool) {
 	var es []api.Event
 	files := 0
 	for _, e := range m.Events {
@@ -257,11 +259,21 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 	}
 	line("restore ("+to+")", api.PhaseRestore, to, "pod namespace + runc restore + datapath local")
 	line("  runc restore", "runc-restore", to, "")
-	line("route ("+from+")", api.PhaseRoute, from, "source forwards the instance to "+to)
+	route := "source forwards the instance to " + to
+	if nft {
+		route = "source drops the service's port (nftables: no forwarding)"
+	}
+	line("route ("+from+")", api.PhaseRoute, from, route)
 	line("restored (quicext)", api.PhaseRestored, to, "service told its new address")
 	line("complete ("+from+")", api.PhaseComplete, from, "source container removed")
 	line("drain ("+from+")", api.PhaseDrain, from, drainDetail(m.Events))
 	fmt.Fprintf(w, "  %-22s %10s  freeze to restored container running: the service answers nobody (steerd's measure)\n", "downtime", ms(m.Downtime))
+	if nft {
+		fmt.Fprintln(w, "nftables datapath (XDP off) during the migration (packets):")
+		fmt.Fprintf(w, "  %s: delivered to the pod %d, dropped after the move %d (stale: nothing is forwarded)\n", from, src[daemon.NFTDelivered], src[daemon.NFTDroppedStale])
+		fmt.Fprintf(w, "  %s: delivered to the pod %d, dropped while the restored copy was fenced %d\n", to, dst[daemon.NFTDelivered], dst[daemon.NFTDroppedFenced])
+		return
+	}
 	fmt.Fprintln(w, "XDP datapath during the migration (packets):")
 	fmt.Fprintf(w, "  %s: forwarded to %s %d, delivered locally %d, replies SNAT'd %d\n", from, to, src["forwarded"], src["local"], src["snat"]+src["snat_default"])
 	fmt.Fprintf(w, "  %s: decapsulated %d, delivered locally %d, replies SNAT'd %d (to the address the client used)\n", to, dst["decapsulated"], dst["local"], dst["snat"]+dst["snat_default"])
