@@ -470,13 +470,25 @@ func (s *summary) plots() error {
 	if err := report.BarChart(filepath.Join(s.o.out, "datapath_pps.png"), fmt.Sprintf("Node A -> pod on node B, %d-byte UDP payload, best of a load sweep", dpbench.PayloadLen), "kpps", "best rate arrived in the pod (eth0 rx)", "offered (sent) at that point", dp); err != nil {
 		return err
 	}
-	var mx []report.Bar
-	for _, c := range matrix.Summarize(s.matrix) {
-		if c.Status == "ok" {
-			mx = append(mx, report.Bar{Label: c.Cell.String(), Value: c.Gap.Median, Top: c.Gap.P95})
+	// One matrix chart per size: 20 bars (strategy x technique x datapath) stay readable.
+	sums := matrix.Summarize(s.matrix)
+	for _, size := range s.o.sizes {
+		var mx []report.Bar
+		for _, c := range sums {
+			if c.Status == "ok" && c.BallastMB == size {
+				dp := "xdp"
+				if !c.XDP {
+					dp = "nft"
+				}
+				mx = append(mx, report.Bar{Label: fmt.Sprintf("%s/%s/%s", c.Strategy, c.Technique, dp), Value: c.Gap.Median, Top: c.Gap.P95})
+			}
+		}
+		title := fmt.Sprintf("steerd migration, %d MB ballast: client gap (xdp = XDP datapath, nft = XDP off)", size)
+		if err := report.BarChart(filepath.Join(s.o.out, fmt.Sprintf("matrix_gap_%dmb.png", size)), title, "gap (ms)", "median", "p95", mx); err != nil {
+			return err
 		}
 	}
-	return report.BarChart(filepath.Join(s.o.out, "matrix_gap.png"), "steerd migration: client gap", "gap (ms)", "median", "p95", mx)
+	return nil
 }
 
 func (s *summary) markdown() string {
@@ -655,7 +667,7 @@ func (s *summary) markdown() string {
 		w("\n- ... %d errors in all (matrix.csv)", errs)
 	}
 	w("\n")
-	w("\n## Files\n\n- baselines.csv, datapath.csv (one row per offered load), xdp_cost.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png, matrix_gap.png\n- run.log (the whole run), xdp_bench.txt (BenchmarkXDP output)\n")
+	w("\n## Files\n\n- baselines.csv, datapath.csv (one row per offered load), xdp_cost.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png, matrix_gap_<size>mb.png (one per container size)\n- run.log (the whole run), xdp_bench.txt (BenchmarkXDP output)\n")
 	return b.String()
 }
 
