@@ -75,7 +75,8 @@ func (p PeerDef) Public() (v4, v6 netip.Addr) {
 type Config struct {
 	// Node is this node's name (a DNS label; its certificate must carry it).
 	Node string `json:"node"`
-	// Uplink is the interface clients' packets arrive on (the XDP attach point).
+	// Uplink is the interface clients' packets arrive on (the XDP attach point; with DatapathNFT
+	// the output interface of the SNAT rules).
 	Uplink string `json:"uplink"`
 	// IPv4, IPv6 are the node's public addresses.
 	IPv4 netip.Addr `json:"ipv4,omitzero"`

@@ -186,7 +186,7 @@ func recvFrom(c *net.UDPConn, d time.Duration) (string, netip.AddrPort, bool) {
 // port to the pod (DNAT) and the pod's reply comes from the public address (conntrack); a packet
 // the pod starts leaves with the public address (SNAT); SetLocal twice gives one rule set;
 // SetRemote drops the port (counted, no ICMP port unreachable back); fencing silences the pod;
-// Close with DetachOnExit removes the table.
+// Close keeps the table (fence, counters) for the next steerd, and with DetachOnExit removes it.
 func TestNFTDatapath(t *testing.T) {
 	tb := newNFTTestbed(t)
 	cfg := &Config{Node: "n0", Uplink: "up0", IPv4: nftPub4, DetachOnExit: true,
@@ -307,6 +307,27 @@ func TestNFTDatapath(t *testing.T) {
 	if out := nftList(t, tb.node); strings.Contains(out, "4433") {
 		t.Errorf("rules of instance 7 left after Delete:\n%s", out)
 	}
+	// Without DetachOnExit the table outlives Close: a restarted steerd finds the fence and the
+	// counters (the XDP datapath's pinned maps do the same).
+	if err := n.SetFenced(tb.hostIfindex, true); err != nil {
+		t.Fatalf("fence: %v", err)
+	}
+	cfg.DetachOnExit = false
+	closed = true
+	if err := n.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if n, err = openNFT(cfg, tb.node); err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	closed = false
+	if fp, err := n.FencedPods(); err != nil || !slices.Equal(fp, []int{tb.hostIfindex}) {
+		t.Errorf("fenced pods after a restart %v, %v; want [%d]", fp, err, tb.hostIfindex)
+	}
+	if cs, err := n.Counters(); err != nil || cs[NFTDroppedStale] != after[NFTDroppedStale] || cs[NFTDelivered] != 1 {
+		t.Errorf("counters after a restart %v, %v; want those before it %v", cs, err, after)
+	}
+	cfg.DetachOnExit = true
 	closed = true
 	if err := n.Close(); err != nil {
 		t.Fatalf("close: %v", err)

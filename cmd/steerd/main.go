@@ -110,7 +110,7 @@ Examples:
 	fl := root.Flags()
 	fl.StringVar(&f.config, "config", "", "JSON configuration file (package daemon, type Config)")
 	fl.StringVar(&f.node, "node", "", "node name (a DNS label; the node certificate's name)")
-	fl.StringVar(&f.uplink, "uplink", "", "uplink interface the XDP datapath attaches to")
+	fl.StringVar(&f.uplink, "uplink", "", "uplink interface clients' packets arrive on (the XDP attach point; with --datapath nftables the interface the pods' packets are SNATed on)")
 	fl.StringVar(&f.ipv4, "ipv4", "", "node public IPv4 address")
 	fl.StringVar(&f.ipv6, "ipv6", "", "node public IPv6 address")
 	fl.StringVar(&f.pkiDir, "pki-dir", "", "directory with ca.crt, <node>.crt, <node>.key")
