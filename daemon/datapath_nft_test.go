@@ -90,6 +90,9 @@ func TestConfigDatapath(t *testing.T) {
 //	client  c0 198.18.200.1/24                 route default via node
 //	node    up0 198.18.200.2/24 (the uplink)   hv0 198.19.255.254/32, route 198.19.0.1/32 dev hv0
 //	pod     eth0 198.19.0.1/32                 default via 198.19.255.254 onlink
+//
+// and the same in IPv6: client 2001:2:0:c8::1/64, node 2001:2:0:c8::2/64 and fe80::1 on hv0,
+// pod 2001:2:0:ff::1/128 default via fe80::1.
 type nftTestbed struct {
 	client, node, pod string
 	hostIfindex       int
@@ -132,6 +135,12 @@ func newNFTTestbed(t *testing.T) *nftTestbed {
 	run("-n", tb.pod, "link", "set", "lo", "up")
 	run("-n", tb.pod, "route", "add", "198.19.255.254/32", "dev", "eth0")
 	run("-n", tb.pod, "route", "add", "default", "via", "198.19.255.254", "dev", "eth0")
+	run("-n", tb.client, "addr", "add", "2001:2:0:c8::1/64", "dev", "c0", "nodad")
+	run("-n", tb.node, "addr", "add", "2001:2:0:c8::2/64", "dev", "up0", "nodad")
+	run("-n", tb.node, "addr", "add", "fe80::1/64", "dev", "hv0", "nodad")
+	run("-n", tb.node, "route", "add", "2001:2:0:ff::1/128", "dev", "hv0")
+	run("-n", tb.pod, "addr", "add", "2001:2:0:ff::1/128", "dev", "eth0", "nodad")
+	run("-n", tb.pod, "route", "add", "default", "via", "fe80::1", "dev", "eth0")
 	h, err := nsutil.Handle(tb.node)
 	if err != nil {
 		t.Fatal(err)
@@ -189,8 +198,8 @@ func recvFrom(c *net.UDPConn, d time.Duration) (string, netip.AddrPort, bool) {
 // Close keeps the table (fence, counters) for the next steerd, and with DetachOnExit removes it.
 func TestNFTDatapath(t *testing.T) {
 	tb := newNFTTestbed(t)
-	cfg := &Config{Node: "n0", Uplink: "up0", IPv4: nftPub4, DetachOnExit: true,
-		Services: []ServiceDef{{Name: "kv", Port: 4433, PodPort: 4433, PodIPv4: nftPod4, Instance: 7}},
+	cfg := &Config{Node: "n0", Uplink: "up0", IPv4: nftPub4, IPv6: nftPub6, DetachOnExit: true,
+		Services: []ServiceDef{{Name: "kv", Port: 4433, PodPort: 4433, PodIPv4: nftPod4, PodIPv6: nftPod6, Instance: 7}},
 		Peers:    []PeerDef{{Name: "n1", Address: netip.MustParseAddr("198.18.200.3")}}}
 	n, err := openNFT(cfg, tb.node)
 	if err != nil {
@@ -202,7 +211,7 @@ func TestNFTDatapath(t *testing.T) {
 			n.Close()
 		}
 	})
-	lt := LocalTarget{HostIfindex: tb.hostIfindex, Pod4: nftPod4, PodPort: 4433}
+	lt := LocalTarget{HostIfindex: tb.hostIfindex, Pod4: nftPod4, Pod6: nftPod6, PodPort: 4433}
 	for range 2 {
 		if err := n.SetLocal(7, lt); err != nil {
 			t.Fatalf("set local: %v", err)
@@ -244,9 +253,26 @@ func TestNFTDatapath(t *testing.T) {
 	if msg, from, ok := recvFrom(cli2, 2*time.Second); !ok || msg != "hello" || from != pub {
 		t.Fatalf("client got %q from %v (ok %v), want hello from %v (SNAT)", msg, from, ok, pub)
 	}
+	// IPv6: the same through the ip6 rules.
+	podSock6 := listen(t, tb.pod, "[2001:2:0:ff::1]:4433")
+	cli6 := listen(t, tb.client, "[2001:2:0:c8::1]:5555")
+	pub6 := netip.AddrPortFrom(nftPub6, 4433)
+	if _, err := cli6.WriteToUDPAddrPort([]byte("ping6"), pub6); err != nil {
+		t.Fatal(err)
+	}
+	msg, from6, ok := recvFrom(podSock6, 3*time.Second)
+	if !ok || msg != "ping6" || from6.String() != "[2001:2:0:c8::1]:5555" {
+		t.Fatalf("pod got %q from %v (ok %v), want ping6 from the client [2001:2:0:c8::1]:5555", msg, from6, ok)
+	}
+	if _, err := podSock6.WriteToUDPAddrPort([]byte("pong6"), from6); err != nil {
+		t.Fatal(err)
+	}
+	if msg, from, ok := recvFrom(cli6, 3*time.Second); !ok || msg != "pong6" || from != pub6 {
+		t.Fatalf("client got %q from %v (ok %v), want pong6 from %v", msg, from, ok, pub6)
+	}
 	st, err := n.InstanceStats(7)
-	if err != nil || st.Packets != 1 || !st.LastSeen.IsZero() {
-		t.Errorf("instance stats %+v, %v; want 1 packet, no LastSeen", st, err)
+	if err != nil || st.Packets != 2 || !st.LastSeen.IsZero() {
+		t.Errorf("instance stats %+v, %v; want 2 packets (IPv4 and IPv6), no LastSeen", st, err)
 	}
 
 	// Fenced: nothing passes in either direction.
@@ -291,15 +317,15 @@ func TestNFTDatapath(t *testing.T) {
 	if d := after[NFTDroppedStale] - before[NFTDroppedStale]; d != 3 {
 		t.Errorf("dropped_stale +%d, want 3 (counters %v)", d, after)
 	}
-	if after[NFTDelivered] != 1 || after[NFTDroppedFenced] == 0 {
-		t.Errorf("counters %v: want delivered 1 and the fenced packet counted", after)
+	if after[NFTDelivered] != 2 || after[NFTDroppedFenced] == 0 {
+		t.Errorf("counters %v: want delivered 2 and the fenced packet counted", after)
 	}
 	icmp, _ := exec.Command("ip", "netns", "exec", tb.node, "nstat", "-az", "IcmpOutDestUnreachs").CombinedOutput()
 	if f := strings.Fields(string(icmp)); len(f) >= 3 && f[len(f)-2] != "0" {
 		t.Errorf("node sent ICMP destination unreachable for stale packets:\n%s", icmp)
 	}
-	if st, _ := n.InstanceStats(7); st.Packets != 4 {
-		t.Errorf("instance packets %d, want 4 (1 delivered + 3 dropped)", st.Packets)
+	if st, _ := n.InstanceStats(7); st.Packets != 5 {
+		t.Errorf("instance packets %d, want 5 (2 delivered + 3 dropped)", st.Packets)
 	}
 	if err := n.Delete(7); err != nil {
 		t.Fatalf("delete: %v", err)
@@ -324,7 +350,7 @@ func TestNFTDatapath(t *testing.T) {
 	if fp, err := n.FencedPods(); err != nil || !slices.Equal(fp, []int{tb.hostIfindex}) {
 		t.Errorf("fenced pods after a restart %v, %v; want [%d]", fp, err, tb.hostIfindex)
 	}
-	if cs, err := n.Counters(); err != nil || cs[NFTDroppedStale] != after[NFTDroppedStale] || cs[NFTDelivered] != 1 {
+	if cs, err := n.Counters(); err != nil || cs[NFTDroppedStale] != after[NFTDroppedStale] || cs[NFTDelivered] != 2 {
 		t.Errorf("counters after a restart %v, %v; want those before it %v", cs, err, after)
 	}
 	cfg.DetachOnExit = true
