@@ -18,7 +18,7 @@ import (
 // (symmetric) and back n1 -> n0 (explicit-reactive), cold, under a QUIC load. Asserts: each
 // migration succeeded; no connection failed, no answer was wrong or out of order (the service's
 // state survived); the destination's nftables counters show packets delivered to the restored
-// pod. Lost requests and the largest gap are logged (packets that still reach the source after
+// pod, the source's show the packets that still reached it dropped (dropped_stale), none forwarded. Lost requests and the largest gap are logged (packets that still reach the source after
 // the move are dropped there: the clients recover by QUIC loss recovery).
 //
 // STEERD_E2E_NFT_COMPARE=1 runs the same cells with the XDP datapath too, for the comparison.
@@ -122,6 +122,11 @@ func nftMigrate(t *testing.T, c *demo.Cluster, dp string, from, to int, strategy
 	if dp == daemon.DatapathNFT {
 		if d := at[daemon.NFTDelivered] - bt[daemon.NFTDelivered]; d == 0 {
 			t.Errorf("destination %s: nftables counter %s did not move (%v)", c.Names[to], daemon.NFTDelivered, at)
+		}
+		// Packets still sent to the source after the route switch (retransmissions during the
+		// freeze, explicit-reactive clients until they fall back) are dropped there, not forwarded.
+		if d := af[daemon.NFTDroppedStale] - bf[daemon.NFTDroppedStale]; d == 0 {
+			t.Errorf("source %s: nftables counter %s did not move (%v)", c.Names[from], daemon.NFTDroppedStale, af)
 		}
 		if af["forwarded"] != 0 {
 			t.Errorf("source %s reports forwarded packets with the nftables datapath: %v", c.Names[from], af)
