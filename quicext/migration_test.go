@@ -86,9 +86,15 @@ func testStrategies(t *testing.T, n int) {
 // announce the target as a pool address (POOL_MIGRATION_ADDRESS before the STRATEGY), so that the
 // client probes it on silence and switches; before, the client had no candidate, stayed on the
 // old address and every request sent there after the source stopped forwarding was lost. A
-// second Prepare to the same target does not announce it again.
+// second Prepare to the same target does not announce it again. IPv4 and IPv6.
 func TestPoolWithoutConfiguredPool(t *testing.T) {
-	tb := newTestbed(t, false, ServerConfig{})
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) { testPoolWithoutConfiguredPool(t, v6) })
+	}
+}
+
+func testPoolWithoutConfiguredPool(t *testing.T, v6 bool) {
+	tb := newTestbed(t, v6, ServerConfig{})
 	var mu sync.Mutex
 	var announced []netip.AddrPort
 	tb.dial(1, ClientOptions{Strategies: StrategyPool, OnEvent: func(e Event) {
