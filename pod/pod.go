@@ -202,12 +202,47 @@ func Create(spec Spec) (_ *Pod, err error) {
 			return nil, fmt.Errorf("create pod %s: node IPv6 route: %w", spec.NetNS, err)
 		}
 	}
+	if err := seedNeighbors(p, spec, podH, node); err != nil {
+		return nil, fmt.Errorf("create pod %s: %w", spec.NetNS, err)
+	}
 	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
 		if err := nsutil.Sysctl(spec.NodeNS, kv[0], kv[1]); err != nil {
 			return nil, fmt.Errorf("create pod %s: %w", spec.NetNS, err)
 		}
 	}
 	return p, nil
+}
+
+// seedNeighbors installs permanent neighbor entries on both ends of the veth: in the pod, the
+// gateways (Gateway4, Gateway6) -> HostMAC; in the node, the pod addresses -> PodMAC. Without
+// them the first packet a restored service sends waits for ARP / neighbor discovery, and a
+// fenced pod's ARP request is dropped, so the kernel retries only after retrans_time_ms (1 s):
+// a Synchronized Symmetric client, which holds its sends during the migration, then waited
+// freeze + 1 s for SERVER_MIGRATED (measured, docs/quicext-wire.md).
+func seedNeighbors(p *Pod, spec Spec, podH, node *netlink.Handle) error {
+	type nb struct {
+		h      *netlink.Handle
+		link   int
+		family int
+		ip     netip.Addr
+		mac    net.HardwareAddr
+		where  string
+	}
+	var nbs []nb
+	if spec.IPv4.IsValid() {
+		nbs = append(nbs, nb{podH, p.PodIndex, netlink.FAMILY_V4, Gateway4, p.HostMAC, "pod gateway"},
+			nb{node, p.HostIndex, netlink.FAMILY_V4, spec.IPv4, p.PodMAC, "node"})
+	}
+	if spec.IPv6.IsValid() {
+		nbs = append(nbs, nb{podH, p.PodIndex, netlink.FAMILY_V6, Gateway6, p.HostMAC, "pod gateway"},
+			nb{node, p.HostIndex, netlink.FAMILY_V6, spec.IPv6, p.PodMAC, "node"})
+	}
+	for _, n := range nbs {
+		if err := n.h.NeighSet(&netlink.Neigh{LinkIndex: n.link, Family: n.family, State: netlink.NUD_PERMANENT, IP: n.ip.AsSlice(), HardwareAddr: n.mac}); err != nil {
+			return fmt.Errorf("%s neighbor %s -> %s: %w", n.where, n.ip, n.mac, err)
+		}
+	}
+	return nil
 }
 
 // Delete removes the pod namespace; its veth pair goes with it. Deleting twice is not an error.

@@ -2,6 +2,7 @@ package pod
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -93,6 +94,28 @@ func TestCreateDelete(t *testing.T) {
 	if !has4 || !has6 {
 		t.Fatalf("pod eth0 addresses %v lack %s or %s", addrs, spec.IPv4, spec.IPv6)
 	}
+	// Permanent neighbor entries on both ends: a restored service's first packet must not wait
+	// for ARP / neighbor discovery (seedNeighbors).
+	checkNeigh := func(where string, h *netlink.Handle, link, family int, ip netip.Addr, mac net.HardwareAddr) {
+		t.Helper()
+		ns, err := h.NeighList(link, family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range ns {
+			if got, _ := netip.AddrFromSlice(n.IP); got.Unmap() == ip {
+				if n.State&netlink.NUD_PERMANENT == 0 || n.HardwareAddr.String() != mac.String() {
+					t.Errorf("%s neighbor %s: state %#x mac %s, want permanent %s", where, ip, n.State, n.HardwareAddr, mac)
+				}
+				return
+			}
+		}
+		t.Errorf("%s has no neighbor entry for %s (entries %v)", where, ip, ns)
+	}
+	checkNeigh("pod", ph, eth0.Attrs().Index, netlink.FAMILY_V4, Gateway4, p.HostMAC)
+	checkNeigh("pod", ph, eth0.Attrs().Index, netlink.FAMILY_V6, Gateway6, p.HostMAC)
+	checkNeigh("node", h, p.HostIndex, netlink.FAMILY_V4, spec.IPv4, p.PodMAC)
+	checkNeigh("node", h, p.HostIndex, netlink.FAMILY_V6, spec.IPv6, p.PodMAC)
 	if err := p.Delete(); err != nil {
 		t.Fatal(err)
 	}
