@@ -445,9 +445,14 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 				fwd = st.Packets - routedPackets
 			}
 		}
-		detail := fmt.Sprintf("quiet for %v; forwarded %d packets since the route switch, %d of them during the drain", req.DrainPeriod, fwd, n)
+		// The XDP datapath forwards what still reaches the source; the nftables one drops it.
+		verb := "forwarded"
+		if d.cfg.Datapath == DatapathNFT {
+			verb = "dropped (nftables datapath, no forwarding)"
+		}
+		detail := fmt.Sprintf("quiet for %v; %s %d packets since the route switch, %d of them during the drain", req.DrainPeriod, verb, fwd, n)
 		if !quiet {
-			detail = fmt.Sprintf("drain timeout %v reached; forwarded %d packets since the route switch, %d of them during the drain", req.DrainTimeout, fwd, n)
+			detail = fmt.Sprintf("drain timeout %v reached; %s %d packets since the route switch, %d of them during the drain", req.DrainTimeout, verb, fwd, n)
 		}
 		tl.add(api.Event{Phase: api.PhaseDrain, Kind: api.Info, Detail: detail})
 		return d.deleteRoute(def.Instance)
