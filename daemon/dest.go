@@ -258,6 +258,15 @@ func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size
 	if err != nil {
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
+	if !whole {
+		// Every part sets the same length: a part never cuts another's bytes, and nothing of an
+		// older, longer file of that name survives past fileSize.
+		if err := f.Truncate(fileSize); err != nil {
+			f.Close()
+			os.Remove(dst)
+			return sum, fmt.Errorf("receive image file %s: %w", name, err)
+		}
+	}
 	h := sha256.New()
 	bp := copyBufs.Get().(*[]byte)
 	n, err := io.CopyBuffer(io.MultiWriter(io.NewOffsetWriter(f, off), h), io.LimitReader(r, size), *bp)

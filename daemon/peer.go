@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -228,7 +229,8 @@ type PeerClient struct {
 	name, addr string
 	tls        *tls.Config
 
-	conns [bulkConns]peerConn
+	conns  [bulkConns]peerConn
+	closed atomic.Bool
 }
 
 // peerConn is one QUIC connection of a PeerClient; mu serializes its dialing.
@@ -251,9 +253,16 @@ func (c *PeerClient) connect(ctx context.Context, i int) (*quic.Conn, error) {
 	if pc.conn != nil && pc.conn.Context().Err() == nil {
 		return pc.conn, nil
 	}
+	if c.closed.Load() {
+		return nil, fmt.Errorf("dial peer %s: %w", c.name, net.ErrClosed)
+	}
 	conn, err := quic.DialAddr(ctx, c.addr, c.tls.Clone(), peerQUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s at %s: %w", c.name, c.addr, err)
+	}
+	if c.closed.Load() { // closed while dialing
+		conn.CloseWithError(0, "closing")
+		return nil, fmt.Errorf("dial peer %s: %w", c.name, net.ErrClosed)
 	}
 	pc.conn = conn
 	return conn, nil
@@ -271,8 +280,9 @@ func (c *PeerClient) warm() {
 	}
 }
 
-// Close closes the connections, if any.
+// Close closes the connections, if any; the client dials no more.
 func (c *PeerClient) Close() error {
+	c.closed.Store(true)
 	var err error
 	for i := range c.conns {
 		pc := &c.conns[i]
