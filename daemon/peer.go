@@ -77,6 +77,13 @@ const (
 	copyBufSize = 256 << 10
 )
 
+// replyReaders holds the readers of reply lines (*bufio.Reader of maxHeader bytes): one per
+// operation would put a MiB of garbage on the heap for every image file.
+var replyReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, maxHeader) }}
+
+// requestReaders holds the readers of request streams (*bufio.Reader of 64 KiB).
+var requestReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 // copyBufs holds copyBufSize buffers (*[]byte) for image streams.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
@@ -172,7 +179,9 @@ func readLine(br *bufio.Reader, v any) error {
 
 func (s *PeerServer) serveStream(ctx context.Context, str *quic.Stream, from string) {
 	defer str.Close()
-	br := bufio.NewReaderSize(str, 64<<10)
+	br := requestReaders.Get().(*bufio.Reader)
+	br.Reset(str)
+	defer func() { br.Reset(nil); requestReaders.Put(br) }()
 	var req peerRequest
 	reply := func(r *PeerReply) {
 		if err := writeLine(str, r); err != nil {
@@ -327,7 +336,9 @@ func (c *PeerClient) open(ctx context.Context, i int) (*quic.Stream, error) {
 }
 
 func (c *PeerClient) finish(str *quic.Stream, op string) (*PeerReply, error) {
-	br := bufio.NewReaderSize(str, maxHeader)
+	br := replyReaders.Get().(*bufio.Reader)
+	br.Reset(str)
+	defer func() { br.Reset(nil); replyReaders.Put(br) }()
 	var r PeerReply
 	if err := readLine(br, &r); err != nil {
 		return nil, fmt.Errorf("peer %s: %s: %w", c.name, op, err)

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -128,7 +129,8 @@ func (p *benchPair) abort(tb testing.TB, ctx context.Context, id string) {
 // legacyTransport is the transfer as steerd did it before the parallel sendDir: one file at a
 // time, in lexical order, whole on one stream, through io.Copy into an io.MultiWriter of the
 // stream and the hash (32 KiB copies), each file waiting for the destination's checksum reply
-// before the next starts.
+// (read through a new 1 MiB bufio.Reader) before the next starts. The destination's side is
+// today's.
 type legacyTransport struct {
 	pc        *PeerClient
 	migration string
@@ -152,9 +154,12 @@ func (t legacyTransport) SendFile(ctx context.Context, name string, r io.Reader,
 		return err
 	}
 	str.Close()
-	rep, err := t.pc.finish(str, opImage)
-	if err != nil {
+	var rep PeerReply // read as before: a new reader of maxHeader bytes for every reply
+	if err := readLine(bufio.NewReaderSize(str, maxHeader), &rep); err != nil {
 		return err
+	}
+	if rep.Error != nil {
+		return rep.Error
 	}
 	if rep.SHA256 != fmt.Sprintf("%x", sum) {
 		return ErrChecksum
