@@ -8,6 +8,8 @@ CLANG     ?= clang-19
 BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
+# BENCH_FLAGS go to bench/run.sh, e.g. BENCH_FLAGS=--reference (copy the run into bench/results/).
+BENCH_FLAGS ?=
 
 .PHONY: all deps build generate generate-check test test-short lint demo bench clean help
 
@@ -43,7 +45,7 @@ demo: deps build ## live-migrate a QUIC service between two edge nodes on a netn
 	./scripts/demo.sh
 
 bench: deps build ## benchmarks: migration matrix, baselines, datapath (root, < 30 min)
-	./bench/run.sh
+	./bench/run.sh $(BENCH_FLAGS)
 
 clean: ## remove build output and every namespace/link this project left behind
 	rm -rf $(BIN)
