@@ -645,7 +645,9 @@ func (d *Daemon) notePeer(name string, err error) {
 	d.mu.Unlock()
 }
 
-// peerTransport implements ImageTransport over the peer channel with progress events.
+// peerTransport implements ImageTransport over the peer channel with progress events. It is safe
+// for concurrent use: sendDir sends several files at once (the timeline and the migration record
+// lock themselves; each call keeps its own progress step).
 type peerTransport struct {
 	d         *Daemon
 	peer      Peer
