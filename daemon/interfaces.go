@@ -88,8 +88,9 @@ type ContainerSpec struct {
 }
 
 // ImageTransport moves checkpoint image files to the destination node. The engine calls it for
-// every file it wants on the destination, in order; the destination stores the files under its
-// image directory for the migration, preserving the relative name.
+// every file it wants on the destination, possibly several files at once (sendDir keeps up to 4
+// in flight), so implementations must be safe for concurrent use; the destination stores the
+// files under its image directory for the migration, preserving the relative name.
 type ImageTransport interface {
 	// SendFile streams size bytes from r as the file name (relative, "/"-separated). It returns
 	// after the destination checked the SHA-256 of what it received.
