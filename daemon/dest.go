@@ -37,6 +37,10 @@ type incoming struct {
 	// (opCommit); committed: the source committed, the pod is unfenced and abort refuses.
 	fenced, committed bool
 	bytes             int64
+	// fileSizes holds the length (bytes) each image file received in parts was announced with
+	// (peerRequest.FileSize): every part of a file must announce the same, or a later part
+	// would cut an earlier one's bytes (Truncate) or leave a hole past them.
+	fileSizes map[string]int64
 }
 
 // servePeer runs one peer operation from the authenticated node from (destination side).
@@ -226,6 +230,10 @@ func (d *Daemon) receiveImage(migration, name string, r io.Reader, size int64, v
 	return d.receiveImagePart(migration, name, r, 0, size, size, verify)
 }
 
+// partFailed in incoming.fileSizes marks an image file one of whose parts failed (and was
+// removed): its other parts are refused.
+const partFailed = -1
+
 // receiveImagePart stores the bytes [off, off+size) of the image file name (fileSize bytes in
 // all) of an incoming migration and returns their SHA-256. A whole file (off 0, size fileSize)
 // replaces any file of that name; a part is written in place, next to the other parts, which
@@ -242,19 +250,47 @@ func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size
 	if name == "" || path.IsAbs(name) || clean == "." || strings.HasPrefix(clean, "../") || clean == ".." {
 		return sum, fmt.Errorf("receive image file %q: %w: name must be relative", name, ErrBadRequest)
 	}
-	if off < 0 || size < 0 || off+size > fileSize {
+	// off > fileSize-size, not off+size > fileSize: a hostile offset near 2^63 must not wrap.
+	if off < 0 || size < 0 || fileSize < 0 || size > fileSize || off > fileSize-size {
 		return sum, fmt.Errorf("receive image file %s: %w: part [%d, +%d) outside %d bytes", name, ErrBadRequest, off, size, fileSize)
 	}
-	dst := filepath.Join(in.dir, filepath.FromSlash(clean))
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+	whole := off == 0 && size == fileSize
+	d.mu.Lock()
+	if whole {
+		delete(in.fileSizes, clean)
+	} else {
+		if in.fileSizes == nil {
+			in.fileSizes = map[string]int64{}
+		}
+		if was, ok := in.fileSizes[clean]; ok && was == partFailed {
+			d.mu.Unlock()
+			return sum, fmt.Errorf("receive image file %s: %w: part [%d, +%d) of a file whose other part failed", name, ErrBadRequest, off, size)
+		} else if ok && was != fileSize {
+			d.mu.Unlock()
+			return sum, fmt.Errorf("receive image file %s: %w: part [%d, +%d) of %d bytes, an earlier part said %d", name, ErrBadRequest, off, size, fileSize, was)
+		}
+		in.fileSizes[clean] = fileSize
+	}
+	d.mu.Unlock()
+	// Everything goes through the image directory opened as an os.Root: an abort that removes
+	// the directory while a part is on its way makes the part fail (ENOENT) instead of
+	// recreating the directory, which nothing would remove again.
+	root, err := os.OpenRoot(in.dir)
+	if err != nil {
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
+	defer root.Close()
+	dst := filepath.FromSlash(clean)
+	if sub := filepath.Dir(dst); sub != "." {
+		if err := root.MkdirAll(sub, 0o700); err != nil {
+			return sum, fmt.Errorf("receive image file %s: %w", name, err)
+		}
+	}
 	flags := os.O_CREATE | os.O_WRONLY
-	whole := off == 0 && size == fileSize
 	if whole {
 		flags |= os.O_TRUNC
 	}
-	f, err := os.OpenFile(dst, flags, 0o600)
+	f, err := root.OpenFile(dst, flags, 0o600)
 	if err != nil {
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
 	}
@@ -263,7 +299,7 @@ func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size
 		// older, longer file of that name survives past fileSize.
 		if err := f.Truncate(fileSize); err != nil {
 			f.Close()
-			os.Remove(dst)
+			root.Remove(dst)
 			return sum, fmt.Errorf("receive image file %s: %w", name, err)
 		}
 	}
@@ -282,8 +318,13 @@ func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size
 		err = verify(sum)
 	}
 	if err != nil {
-		os.Remove(dst)
+		root.Remove(dst)
 		if !whole {
+			// The file is gone: a later part of it would make a file with a hole of zeros
+			// where this part was. Only a whole resend of the file clears this.
+			d.mu.Lock()
+			in.fileSizes[clean] = partFailed
+			d.mu.Unlock()
 			return sum, fmt.Errorf("receive image file %s bytes [%d, +%d): %w", name, off, size, err)
 		}
 		return sum, fmt.Errorf("receive image file %s: %w", name, err)
