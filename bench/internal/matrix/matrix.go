@@ -40,13 +40,7 @@ type Cell struct {
 	XDP       bool
 }
 
-func (c Cell) String() string {
-	x := "off"
-	if c.XDP {
-		x = "on"
-	}
-	return fmt.Sprintf("%s/%s/%dMB/xdp-%s", c.Strategy, c.Technique, c.BallastMB, x)
-}
+func (c Cell) String() string { return c.Strategy + "/" + c.Group().String() }
 
 // Cells returns the whole matrix in priority order: when the budget cannot give every group (see
 // Group) the minimum number of runs, the groups of the first cells are the ones that run. The

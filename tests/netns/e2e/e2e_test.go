@@ -104,29 +104,8 @@ type env struct {
 
 func TestE2E(t *testing.T) {
 	requireTools(t)
-	ctx := context.Background()
-	start := time.Now()
-	c, err := demo.StartCluster(ctx, demo.ClusterOptions{
-		Steerd: filepath.Join(bin, "steerd"), Steerctl: filepath.Join(bin, "steerctl"), KVService: filepath.Join(bin, "kvservice"),
-		ExtraServices: []daemon.ServiceDef{kv2}, Pool: true, WorkDir: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := range c.Names {
-				t.Logf("steerd %s log tail:\n%s", c.Names[i], logTail(c.LogPath(i), 15))
-			}
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("tear down cluster: %v", err)
-		}
-	})
-	if _, err := c.Steerctl(ctx, 0, "run", demo.Service); err != nil {
-		t.Fatalf("run %s on n0: %v", demo.Service, err)
-	}
-	t.Logf("cluster up and service running in %v", time.Since(start).Round(time.Millisecond))
+	ctx, start := context.Background(), time.Now()
+	c := startCluster(t, demo.ClusterOptions{ExtraServices: []daemon.ServiceDef{kv2}, Pool: true})
 	e := &env{c: c}
 
 	caps, err := migrate.DetectCapabilities(ctx, "")

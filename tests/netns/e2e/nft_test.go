@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -34,29 +33,7 @@ func TestNFTDatapath(t *testing.T) {
 }
 
 func nftCells(t *testing.T, dp string) {
-	ctx := context.Background()
-	start := time.Now()
-	c, err := demo.StartCluster(ctx, demo.ClusterOptions{
-		Steerd: filepath.Join(bin, "steerd"), Steerctl: filepath.Join(bin, "steerctl"), KVService: filepath.Join(bin, "kvservice"),
-		Datapath: dp, WorkDir: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := range c.Names {
-				t.Logf("steerd %s log tail:\n%s", c.Names[i], logTail(c.LogPath(i), 15))
-			}
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("tear down cluster: %v", err)
-		}
-	})
-	if _, err := c.Steerctl(ctx, 0, "run", demo.Service); err != nil {
-		t.Fatalf("run %s on n0: %v", demo.Service, err)
-	}
-	t.Logf("cluster (datapath %s) up and service running in %v", dp, time.Since(start).Round(time.Millisecond))
+	c := startCluster(t, demo.ClusterOptions{Datapath: dp})
 	for _, step := range []struct {
 		from, to int
 		strategy string

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,22 +43,7 @@ func TestStrategyGaps(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("STEERD_STRATEGY_RUNS")); err == nil && v > 0 {
 		runs = v
 	}
-	ctx := context.Background()
-	c, err := demo.StartCluster(ctx, demo.ClusterOptions{
-		Steerd: filepath.Join(bin, "steerd"), Steerctl: filepath.Join(bin, "steerctl"), KVService: filepath.Join(bin, "kvservice"),
-		WorkDir: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("tear down cluster: %v", err)
-		}
-	})
-	if _, err := c.Steerctl(ctx, 0, "run", demo.Service); err != nil {
-		t.Fatalf("run %s on n0: %v", demo.Service, err)
-	}
+	c := startCluster(t, demo.ClusterOptions{})
 	e := &env{c: c}
 	strategies := []string{"sync-symmetric", "pool"}
 	if v := os.Getenv("STEERD_STRATEGY"); v != "" {
