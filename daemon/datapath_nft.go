@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/steerd/steerd/internal/nsutil"
+	"github.com/steerd/steerd/loader"
 )
 
 // Datapath modes of Config.Datapath.
@@ -159,6 +161,11 @@ func openNFT(cfg *Config, netnsName string) (_ *NFT, err error) {
 	if n.c, err = nftables.New(opts...); err != nil {
 		return nil, fmt.Errorf("open nftables datapath: nf_tables netlink: %w", err)
 	}
+	if netnsName == "" {
+		if err := n.takeOverXDP(); err != nil {
+			return nil, fmt.Errorf("open nftables datapath: %w", err)
+		}
+	}
 	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
 		if err := n.sysctl(kv[0], kv[1]); err != nil {
 			return nil, fmt.Errorf("open nftables datapath: %w", err)
@@ -178,6 +185,81 @@ func openNFT(cfg *Config, netnsName string) (_ *NFT, err error) {
 		return nil, fmt.Errorf("open nftables datapath: create table inet %s: %w", NFTTable, err)
 	}
 	return n, nil
+}
+
+// ErrXDPAttached: the uplink carries an XDP program that is not steerd's pinned XDP datapath, so
+// the nftables datapath would see only what that program passes.
+var ErrXDPAttached = errors.New("an XDP program is attached to the uplink")
+
+// xdpDetachWait bounds the wait for the kernel to detach the XDP programs whose pinned links
+// takeOverXDP removed (the last reference of a bpf_link is put from a work queue).
+const xdpDetachWait = 2 * time.Second
+
+// takeOverXDP removes what a steerd with the XDP datapath left in this network namespace when it
+// was killed or ran without Config.DetachOnExit: its bpffs pin directory (Config.PinRoot, one
+// directory per network namespace, loader.PinDirFor) holds the bpf_links that keep its XDP
+// programs attached to the uplink and the pod veths, so removing the pins detaches them. Both
+// datapaths at once would split a service's packets between XDP steering (stale maps) and the
+// nftables DNAT. An XDP program on the uplink that is still there afterwards is someone else's:
+// ErrXDPAttached.
+func (n *NFT) takeOverXDP() error {
+	if n.cfg.PinRoot != "none" {
+		root := n.cfg.PinRoot
+		if root == "" {
+			root = loader.DefaultPinRoot
+		}
+		var fs unix.Statfs_t
+		if unix.Statfs(root, &fs) == nil && fs.Type == unix.BPF_FS_MAGIC {
+			dir, err := loader.PinDirFor(root)
+			if err != nil {
+				return fmt.Errorf("take over from the XDP datapath: %w", err)
+			}
+			if _, err := os.Stat(dir); err == nil {
+				if err := loader.Unpin(dir); err != nil {
+					return fmt.Errorf("take over from the XDP datapath: %w", err)
+				}
+			}
+		}
+	}
+	if n.cfg.Uplink == "" {
+		return nil
+	}
+	deadline := time.Now().Add(xdpDetachWait)
+	for {
+		l, err := n.nl.LinkByName(n.cfg.Uplink)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", n.cfg.Uplink, err)
+		}
+		x := l.Attrs().Xdp
+		if x == nil || !x.Attached {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: program id %d on %s (detach it: ip link set dev %s xdp off; or run steerd --datapath xdp)",
+				ErrXDPAttached, x.ProgId, n.cfg.Uplink, n.cfg.Uplink)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// RemoveNFTTable deletes the NFT datapath's table (NFTTable) from this process's network
+// namespace, if there is one: a steerd that starts with the XDP datapath calls it, so that the
+// DNAT/SNAT rules of an earlier steerd with --datapath nftables (killed, or without
+// Config.DetachOnExit) do not act on the packets XDP passes to the stack. It reports whether a
+// table was removed; it needs CAP_NET_ADMIN.
+func RemoveNFTTable() (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("remove table inet %s: nf_tables netlink: %w", NFTTable, err)
+	}
+	c.DelTable(nftTable)
+	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("remove table inet %s: %w", NFTTable, err)
+	}
+	return true, nil
 }
 
 // nftRule is one rule of the table, in the terms of its nft syntax (String) and built as
