@@ -16,6 +16,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--reference) ref=1 ;;
 	--budget) budget=$2; shift ;;
+	-h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; echo "steerbench flags (after --): bin/steerbench -h"; exit 0 ;;
 	--) shift; extra=("$@"); break ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -195,7 +196,12 @@ func run(o options) error {
 	}
 	matrixBudget := time.Duration(0)
 	if matrixReady > 0 {
-		matrixBudget = o.matrixBudget
+		// The matrix takes -matrix-budget, but never more than 60% of what is left, so a short
+		// -budget still gives the baselines (the ratios' denominators) their runs.
+		matrixBudget = min(o.matrixBudget, time.Until(deadline)*6/10)
+		if matrixBudget < o.matrixBudget {
+			log.Printf("matrix budget %s: -matrix-budget %s is more than 60%% of the time left", matrixBudget.Round(time.Second), o.matrixBudget)
+		}
 	}
 
 	// 2. Baselines.
@@ -409,7 +415,9 @@ func (c *blCell) stats() cellStats {
 	}
 	var ms []string
 	for m := range methods {
-		ms = append(ms, m)
+		if !methods[m+" (CRIU refused)"] { // "stop-start" after the first run said why
+			ms = append(ms, m)
+		}
 	}
 	sort.Strings(ms)
 	cs.method = strings.Join(ms, ", ")
@@ -545,61 +553,65 @@ func (s *summary) markdown() string {
 	}
 	w("What the client experiences: the MPTCP connection's only subflow ends with the server process (reset), and no subflow can join the new instance: its kernel has no state for the connection's token (RFC 8684 section 3.2, MP_JOIN needs the peer's token), and ADD_ADDR can only be sent by the old server kernel, which does not know the new address. The client must open a new MPTCP connection to an address it re-resolves, so MPTCP behaves as TCP+DNS here (see its gap above); it does not carry a connection across a server move.\n\n")
 
-	w("## Datapath\n\nPackets per second from client 0 through node 0's public address (%s) to a sink in the pod on node 1, %d-byte UDP payload (a QUIC short header with a connid DCID naming the pod's instance), all forwarders in one run on the same testbed, once with each generator:\n\n", "198.18.20.2:9000", dpbench.PayloadLen)
-	w("- `%s`: %d UDP sockets in client 0, one goroutine each, sendmmsg batches of %d (x/net/ipv4 WriteBatch).\n", shortGen(dpbench.GenSendmmsg), dpbench.GenSockets, dpbench.Batch)
-	w("- `%s`: in the kernel, BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES runs an XDP_TX program on client 0's uplink (about 2 ms of frames per call when paced, %d unpaced), no socket; the router's client-facing veth runs xdp_pass. The frames' path (router, forwarder, node B) runs in softirq inline with the generating syscall, so this generator is throttled by the path it feeds.\n", dpbench.GenXDPLive, 1<<15)
-	for _, n := range s.genNotes {
-		w("- %s\n", n)
-	}
-	w("\nEach forwarder is offered a sweep of loads (%s pps, up to the second load of which less than 90%% arrived, then the generator unpaced), %s per load; the table shows the load with the highest arrived rate. Arrived = the pod's eth0 rx_packets counter (what the path delivered); read = what the sink socket (recvmmsg, batches of %d) read.\n\n", rateList(), s.o.dpDur, dpbench.Batch)
-	for _, g := range s.generators() {
-		w("Generator `%s`:\n\n| forwarder | status | offered at best | sent pps | arrived pps (best) | read pps | arrived / go-relay | limit |\n|---|---|---|---|---|---|---|---|\n", g)
-		var relay float64
-		if r, ok := dpbench.Best(s.dpOf(g, "go-relay")); ok {
-			relay = r.ArrivedPPS
-		}
-		for _, f := range s.forwarders() {
-			rs := s.dpOf(g, f)
-			if len(rs) == 0 {
-				continue
-			}
-			r, ok := dpbench.Best(rs)
-			if !ok {
-				w("| %s | %s | - | - | - | - | - | - |\n", f, rs[0].Status)
-				continue
-			}
-			rel := "-"
-			if relay > 0 {
-				rel = f2(r.ArrivedPPS / relay)
-			}
-			limit := "forwarder path: the best rate is below the offered load"
-			if r.Arrived >= r.Sent*95/100 {
-				limit = "generator: the path kept up with the most this generator offered"
-			}
-			w("| %s | ok | %s | %.0f | %.0f | %.0f | %s | %s |\n", f, offered(r.Offered), r.SentPPS, r.ArrivedPPS, r.PPS, rel, limit)
-		}
-		w("\n")
-	}
-	w("Every load of the sweeps (datapath.csv has each one):\n\n| generator | forwarder | offered | sent pps | arrived pps | arrived / sent |\n|---|---|---|---|---|---|\n")
-	for _, r := range s.dp {
-		if r.Status == "ok" && r.Sent > 0 {
-			w("| %s | %s | %s | %.0f | %.0f | %s |\n", shortGen(r.Generator), r.Forwarder, offered(r.Offered), r.SentPPS, r.ArrivedPPS, f2(float64(r.Arrived)/float64(r.Sent)))
-		}
-	}
-	w("\nThe generator, the router, the forwarder and the sink share the machine's %d cores (softirq and user time), so these are relative numbers for this machine. Limit: where arrived is at least 95%% of sent, the generator was the limit and the case shows only that the forwarder kept up; otherwise the offered load exceeded what the path (router + forwarder + node B) delivered, and the arrived rate is that path's maximum on this machine.\n\n", s.mach.NProc)
-	w("### XDP per-packet cost (prog.Benchmark / BPF_PROG_TEST_RUN)\n\n")
-	if s.xdpBench != "" {
-		w("From `go test -run '^$' -bench BenchmarkXDP ./datapath/` (datapath/bench_test.go: a handful of instances in the maps):\n\n```\n%s\n```\n\n", strings.TrimSpace(s.xdpBench))
+	if s.o.skipDatapath {
+		w("## Datapath\n\nNot run in this run (-skip-datapath).\n\n")
 	} else {
-		w("not run: no BenchmarkXDP output given (-xdp-bench).\n\n")
-	}
-	w("Per-packet cost with N instances (half local, half on a peer) and N client entries in the maps: mean of %d single BPF_PROG_TEST_RUN runs per program (repeat 1, because xdp_steer rewrites its packet; datapath.RunXDP with ingress_ifindex = the node uplink), cycling through 4096 distinct 1242-byte frames with random instances and clients among the N; bare = xdp_parse in the same process. 3-byte server IDs; the instances and clients maps are resized with datapath.OpenSized (compiled limits: MAX_INSTANCES 65536, MAX_CLIENTS 262144 in bpf/consts.h, so 100k and 1M need a build with larger limits).\n\n", 20000)
-	w("| instances/clients in the maps | bare ns/pkt | local ns/pkt (median) | local / bare | forward ns/pkt (median) | forward / bare | map fill |\n|---|---|---|---|---|---|---|\n")
-	for _, c := range s.costs {
-		w("| %d | %.0f | %.0f (%.0f) | %.1f | %.0f (%.0f) | %.1f | %s |\n", c.N, c.BareMean, c.LocalMean, c.LocalMedian, c.LocalRatio(), c.ForwardMean, c.ForwardMedian, c.ForwardRatio(), c.FillTime.Round(time.Millisecond))
-	}
-	for _, e := range s.costErr {
-		w("| %s | not run | | | | | |\n", e)
+		w("## Datapath\n\nPackets per second from client 0 through node 0's public address (%s) to a sink in the pod on node 1, %d-byte UDP payload (a QUIC short header with a connid DCID naming the pod's instance), all forwarders in one run on the same testbed, once with each generator:\n\n", "198.18.20.2:9000", dpbench.PayloadLen)
+		w("- `%s`: %d UDP sockets in client 0, one goroutine each, sendmmsg batches of %d (x/net/ipv4 WriteBatch).\n", shortGen(dpbench.GenSendmmsg), dpbench.GenSockets, dpbench.Batch)
+		w("- `%s`: in the kernel, BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES runs an XDP_TX program on client 0's uplink (about 2 ms of frames per call when paced, %d unpaced), no socket; the router's client-facing veth runs xdp_pass. The frames' path (router, forwarder, node B) runs in softirq inline with the generating syscall, so this generator is throttled by the path it feeds.\n", dpbench.GenXDPLive, 1<<15)
+		for _, n := range s.genNotes {
+			w("- %s\n", n)
+		}
+		w("\nEach forwarder is offered a sweep of loads (%s pps, up to the second load of which less than 90%% arrived, then the generator unpaced), %s per load; the table shows the load with the highest arrived rate. Arrived = the pod's eth0 rx_packets counter (what the path delivered); read = what the sink socket (recvmmsg, batches of %d) read.\n\n", rateList(), s.o.dpDur, dpbench.Batch)
+		for _, g := range s.generators() {
+			w("Generator `%s`:\n\n| forwarder | status | offered at best | sent pps | arrived pps (best) | read pps | arrived / go-relay | limit |\n|---|---|---|---|---|---|---|---|\n", g)
+			var relay float64
+			if r, ok := dpbench.Best(s.dpOf(g, "go-relay")); ok {
+				relay = r.ArrivedPPS
+			}
+			for _, f := range s.forwarders() {
+				rs := s.dpOf(g, f)
+				if len(rs) == 0 {
+					continue
+				}
+				r, ok := dpbench.Best(rs)
+				if !ok {
+					w("| %s | %s | - | - | - | - | - | - |\n", f, rs[0].Status)
+					continue
+				}
+				rel := "-"
+				if relay > 0 {
+					rel = f2(r.ArrivedPPS / relay)
+				}
+				limit := "forwarder path: the best rate is below the offered load"
+				if r.Arrived >= r.Sent*95/100 {
+					limit = "generator: the path kept up with the most this generator offered"
+				}
+				w("| %s | ok | %s | %.0f | %.0f | %.0f | %s | %s |\n", f, offered(r.Offered), r.SentPPS, r.ArrivedPPS, r.PPS, rel, limit)
+			}
+			w("\n")
+		}
+		w("Every load of the sweeps (datapath.csv has each one):\n\n| generator | forwarder | offered | sent pps | arrived pps | arrived / sent |\n|---|---|---|---|---|---|\n")
+		for _, r := range s.dp {
+			if r.Status == "ok" && r.Sent > 0 {
+				w("| %s | %s | %s | %.0f | %.0f | %s |\n", shortGen(r.Generator), r.Forwarder, offered(r.Offered), r.SentPPS, r.ArrivedPPS, f2(float64(r.Arrived)/float64(r.Sent)))
+			}
+		}
+		w("\nThe generator, the router, the forwarder and the sink share the machine's %d cores (softirq and user time), so these are relative numbers for this machine. Limit: where arrived is at least 95%% of sent, the generator was the limit and the case shows only that the forwarder kept up; otherwise the offered load exceeded what the path (router + forwarder + node B) delivered, and the arrived rate is that path's maximum on this machine.\n\n", s.mach.NProc)
+		w("### XDP per-packet cost (prog.Benchmark / BPF_PROG_TEST_RUN)\n\n")
+		if s.xdpBench != "" {
+			w("From `go test -run '^$' -bench BenchmarkXDP ./datapath/` (datapath/bench_test.go: a handful of instances in the maps):\n\n```\n%s\n```\n\n", strings.TrimSpace(s.xdpBench))
+		} else {
+			w("not run: no BenchmarkXDP output given (-xdp-bench).\n\n")
+		}
+		w("Per-packet cost with N instances (half local, half on a peer) and N client entries in the maps: mean of %d single BPF_PROG_TEST_RUN runs per program (repeat 1, because xdp_steer rewrites its packet; datapath.RunXDP with ingress_ifindex = the node uplink), cycling through 4096 distinct 1242-byte frames with random instances and clients among the N; bare = xdp_parse in the same process. 3-byte server IDs; the instances and clients maps are resized with datapath.OpenSized (compiled limits: MAX_INSTANCES 65536, MAX_CLIENTS 262144 in bpf/consts.h, so 100k and 1M need a build with larger limits).\n\n", 20000)
+		w("| instances/clients in the maps | bare ns/pkt | local ns/pkt (median) | local / bare | forward ns/pkt (median) | forward / bare | map fill |\n|---|---|---|---|---|---|---|\n")
+		for _, c := range s.costs {
+			w("| %d | %.0f | %.0f (%.0f) | %.1f | %.0f (%.0f) | %.1f | %s |\n", c.N, c.BareMean, c.LocalMean, c.LocalMedian, c.LocalRatio(), c.ForwardMean, c.ForwardMedian, c.ForwardRatio(), c.FillTime.Round(time.Millisecond))
+		}
+		for _, e := range s.costErr {
+			w("| %s | not run | | | | | |\n", e)
+		}
 	}
 	w("\n")
 	w("\n## steerd migration matrix\n\n")
@@ -667,7 +679,12 @@ func (s *summary) markdown() string {
 		w("\n- ... %d errors in all (matrix.csv)", errs)
 	}
 	w("\n")
-	w("\n## Files\n\n- baselines.csv, datapath.csv (one row per offered load), xdp_cost.csv, matrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, datapath_pps.png, matrix_gap_<size>mb.png (one per container size)\n- run.log (the whole run), xdp_bench.txt (BenchmarkXDP output)\n")
+	dpFiles := "datapath.csv (one row per offered load), xdp_cost.csv, "
+	dpPlot := "datapath_pps.png, "
+	if s.o.skipDatapath {
+		dpFiles, dpPlot = "", ""
+	}
+	w("\n## Files\n\n- baselines.csv, %smatrix.csv: one row per run (matrix: one row per not-run cell)\n- baseline_gap.png, baseline_freeze.png, %smatrix_gap_<size>mb.png (one per container size)\n- run.log (the whole run), xdp_bench.txt (BenchmarkXDP output)\n", dpFiles, dpPlot)
 	return b.String()
 }
 
@@ -775,6 +792,11 @@ func (s *summary) headline() string {
 		}
 	}
 	fmt.Fprintf(&b, "## Headline\n\nMedian client gap of a service migration with steerd, as a fraction of TCP+DNS (TTL %s, runc/CRIU move, same service logic and pacing) at the same container size, with the gap in ms in brackets; each cell is >= %d runs unless the matrix section says otherwise. XDP = steerd's datapath (DCID steering, in-flight packets forwarded to the new node); kernel NAT = the XDP datapath off (steerd --datapath nftables: nftables DNAT/SNAT, packets that still reach the old node are dropped). No-move floor %s ms.\n\n", s.o.ttls[0], s.o.minRuns, f1(floor))
+	if f := strings.Fields(s.load[0]); len(f) > 0 {
+		if l, err := strconv.ParseFloat(f[0], 64); err == nil && l > float64(runtime.NumCPU()) {
+			fmt.Fprintf(&b, "**Warning:** the 1-minute load average was %.2f at the start, above the %d cores: other work competed with this run and every number is slower than on a quiet machine.\n\n", l, runtime.NumCPU())
+		}
+	}
 	if len(cols) == 0 {
 		b.WriteString("No steerd cell ran (see the matrix section).\n\n")
 	} else {
@@ -812,20 +834,30 @@ func (s *summary) headline() string {
 		}
 		for _, kind := range []baseline.Kind{baseline.KindTCPDNS, baseline.KindMPTCP} {
 			var cells []string
+			refused := false
 			for _, c := range cols {
 				v := "-"
 				for _, bc := range s.bl {
 					if cs := bc.stats(); bc.kind == kind && bc.ttl == s.o.ttls[0] && bc.size == c.size && cs.n > 0 {
 						v = fmt.Sprintf("%s (%.0f)", f2(cs.gap.Median/tcp[c.size]), cs.gap.Median)
+						if cs.n < s.o.minRuns {
+							v += fmt.Sprintf(" [%d runs]", cs.n)
+						}
+						if strings.Contains(cs.method, "CRIU refused") {
+							refused = true
+						}
 					}
 				}
 				cells = append(cells, v)
 			}
-			name := "TCP+DNS"
+			name := "TCP+DNS (baseline, TTL " + s.o.ttls[0].String() + ")"
 			if kind == baseline.KindMPTCP {
-				name = "MPTCP + DNS"
+				name = "MPTCP + DNS (baseline, TTL " + s.o.ttls[0].String() + ")"
+				if refused {
+					name = "MPTCP + DNS (baseline, TTL " + s.o.ttls[0].String() + "; moved by stop/start: CRIU refused MPTCP sockets)"
+				}
 			}
-			fmt.Fprintf(&b, "| %s (baseline, TTL %s) | kernel | %s |\n", name, s.o.ttls[0], strings.Join(cells, " | "))
+			fmt.Fprintf(&b, "| %s | kernel | %s |\n", name, strings.Join(cells, " | "))
 		}
 		b.WriteString("\n")
 	}
