@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/daemon"
 	"github.com/steerd/steerd/daemon/demo"
 	"github.com/steerd/steerd/internal/nsutil"
@@ -112,4 +113,182 @@ func TestDatapathSwitchAfterKill(t *testing.T) {
 	} else if table != "" && xdp {
 		t.Errorf("failed start left both datapaths: %v", err)
 	}
+}
+
+// incomingPages returns the size of the largest pages-*.img under node i's incoming image
+// directories (0: none yet).
+func incomingPages(c *demo.Cluster, i int) int64 {
+	ms, _ := filepath.Glob(filepath.Join(c.Configs[i].StateDir, "incoming", "*", "pages-*.img"))
+	var max int64
+	for _, m := range ms {
+		if fi, err := os.Stat(m); err == nil && fi.Size() > max {
+			max = fi.Size()
+		}
+	}
+	return max
+}
+
+// nftRules returns the rule lines of `nft list table inet steerd` on node i.
+func nftRules(c *demo.Cluster, i int) []string {
+	var rules []string
+	for _, l := range strings.Split(nftTable(c, i), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") ||
+			strings.HasPrefix(l, "type ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "counter ") ||
+			strings.HasPrefix(l, "packets ") || strings.HasPrefix(l, "elements ") || strings.HasPrefix(l, "flags ") {
+			continue
+		}
+		rules = append(rules, l)
+	}
+	return rules
+}
+
+// checkRules fails when node i's table holds a rule twice, or rules for kv that do not match
+// where it runs (local: on node i; otherwise moved away), or lacks the two fence rules.
+func checkRules(t *testing.T, c *demo.Cluster, i int, local bool) {
+	t.Helper()
+	rules := nftRules(c, i)
+	seen, dnat, stale, fence := map[string]bool{}, 0, 0, 0
+	for _, r := range rules {
+		if seen[r] {
+			t.Errorf("%s: rule twice in table inet %s: %s", c.Names[i], daemon.NFTTable, r)
+		}
+		seen[r] = true
+		switch {
+		case strings.Contains(r, " dnat "):
+			dnat++
+		case strings.Contains(r, `"`+daemon.NFTDroppedStale+`" drop`):
+			stale++
+		case strings.Contains(r, "@fenced"):
+			fence++
+		}
+	}
+	// Local: DNAT for IPv4 and IPv6; remote: the stale packets of both families dropped.
+	wantDNAT, wantStale := map[bool]int{true: 2, false: 0}[local], map[bool]int{true: 0, false: 2}[local]
+	if dnat != wantDNAT || stale != wantStale || fence != 2 {
+		t.Errorf("%s: %d DNAT, %d stale-drop, %d fence rules; want %d, %d, 2:\n%s", c.Names[i], dnat, stale, fence,
+			wantDNAT, wantStale, strings.Join(rules, "\n"))
+	}
+}
+
+// TestNFTClusterFaults runs a two-node cluster with the nftables datapath and a kv with 40 MiB of
+// memory (its pages image goes in parts over the bulk peer connections) and:
+//
+//   - SourceKilledInDrain: kills n0's steerd during the drain of a committed migration n0 -> n1
+//     and starts it again. kv must run and answer on n1; after Recover, n0's table must hold no
+//     DNAT for kv and no rule twice, n1's exactly its DNAT rules.
+//   - DestKilledMidParts: migrates kv back n1 -> n0 and kills n0's steerd while the pages image
+//     arrives in parts. The migration must roll back with kv running and answering on n1, and
+//     n1's table must still DNAT kv.
+func TestNFTClusterFaults(t *testing.T) {
+	requireTools(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skip: missing capability: nft is not installed")
+	}
+	dir := t.TempDir()
+	c, err := demo.StartCluster(context.Background(), demo.ClusterOptions{
+		Steerd: filepath.Join(bin, "steerd"), Steerctl: filepath.Join(bin, "steerctl"),
+		KVService: filepath.Join(bin, "kvservice"), WorkDir: dir,
+		KVArgs: []string{"-ballast-mb", "40"}, Datapath: daemon.DatapathNFT,
+	})
+	if err != nil {
+		t.Fatalf("start nftables cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Logf("tear down nftables cluster: %v", err)
+		}
+	})
+	// kv touches its 40 MiB ballast before its quicext control socket listens.
+	kvReady := func(t *testing.T, i int) {
+		t.Helper()
+		if !waitFor(15*time.Second, func() bool { _, err := quicextStatus(c, i); return err == nil }) {
+			t.Fatalf("kv on %s: quicext control never answered", c.Names[i])
+		}
+	}
+	resetKV(t, c)
+
+	t.Run("SourceKilledInDrain", func(t *testing.T) {
+		if serviceState(c, 0, demo.Service) != "running" || serviceState(c, 1, demo.Service) == "running" {
+			resetKV(t, c)
+		}
+		kvReady(t, 0)
+		ld := startLoad(t, c, 0, 2)
+		m, err := c.API[0].Migrate(context.Background(), api.MigrateRequest{Service: demo.Service, To: c.Names[1],
+			Strategy: "symmetric", Technique: api.Cold, DrainPeriod: 2 * time.Second, DrainTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("start migration: %v", err)
+		}
+		inDrain := waitFor(20*time.Second, func() bool {
+			mm, err := c.API[0].Migration(context.Background(), m.ID)
+			return err == nil && (mm.Phase == api.PhaseDrain || mm.Result != api.Running)
+		})
+		mm, _ := c.API[0].Migration(context.Background(), m.ID)
+		if !inDrain || mm == nil || mm.Phase != api.PhaseDrain {
+			ld.Stop()
+			t.Fatalf("migration %s never reached the drain: %+v", m.ID, mm)
+		}
+		c.StopSteerd(0, true)
+		t.Log("steerd n0 killed during the drain")
+		ld.Stop()
+		if err := c.StartSteerd(context.Background(), 0); err != nil {
+			t.Fatalf("restart steerd n0: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if st := serviceState(c, 1, demo.Service); st != "running" {
+			t.Errorf("kv on n1: %q, want running", st)
+		}
+		if st := serviceState(c, 0, demo.Service); st == "running" {
+			t.Errorf("restarted n0 claims kv running")
+		}
+		if err := probeKV(c, 1, 500*time.Millisecond); err != nil {
+			t.Errorf("kv at n1 after n0's restart: %v", err)
+		}
+		checkRules(t, c, 0, false)
+		checkRules(t, c, 1, true)
+		out, err := inNode(c, 0, "nft", "list", "table", "inet", daemon.NFTTable)
+		t.Logf("n0 table after Recover (%v):\n%s", err, out)
+	})
+	t.Run("DestKilledMidParts", func(t *testing.T) {
+		if st := serviceState(c, 1, demo.Service); st != "running" {
+			t.Fatalf("kv on n1: %q; this case migrates it back from where SourceKilledInDrain left it", st)
+		}
+		kvReady(t, 1)
+		id := startMigration(t, c, 1, 0)
+		var ended *api.Migration
+		waitFor(20*time.Second, func() bool {
+			if incomingPages(c, 0) > 0 {
+				return true
+			}
+			mm, err := c.API[0].Migration(context.Background(), id)
+			if err == nil && mm.Result != api.Running {
+				ended = mm
+				return true
+			}
+			return false
+		})
+		if incomingPages(c, 0) == 0 {
+			out, _ := exec.Command("find", filepath.Join(c.Configs[0].StateDir, "incoming")).CombinedOutput()
+			t.Fatalf("migration %s: no pages image ever arrived on n0 (migration %+v); n0 incoming:\n%s", id, ended, out)
+		}
+		got := incomingPages(c, 0)
+		c.StopSteerd(0, true)
+		t.Logf("steerd n0 killed with %d bytes of the pages image received", got)
+		m := waitResult(t, c, 1, id, 20*time.Second)
+		t.Logf("migration: %s after %v: %v", m.Result, m.Ended.Sub(m.Started), m.Error)
+		if m.Result != api.RolledBack {
+			t.Errorf("migration to a destination killed mid-transfer: %s, want rolled-back", m.Result)
+		}
+		if st, rs := serviceState(c, 1, demo.Service), runcState(c, 1, demo.Service); st != "running" || rs != "running" {
+			t.Errorf("kv on n1: steerd %q, runc %q; want running", st, rs)
+		}
+		if err := probeKV(c, 1, 500*time.Millisecond); err != nil {
+			t.Errorf("kv at n1 after the rollback: %v", err)
+		}
+		checkRules(t, c, 1, true)
+		if err := c.StartSteerd(context.Background(), 0); err != nil {
+			t.Fatalf("restart steerd n0: %v", err)
+		}
+	})
+
 }
