@@ -14,6 +14,7 @@ import (
 	"github.com/steerd/steerd/daemon"
 	"github.com/steerd/steerd/daemon/demo"
 	"github.com/steerd/steerd/internal/nsutil"
+	"github.com/steerd/steerd/pod"
 )
 
 // setDatapath rewrites node i's config file (what StartSteerd runs steerd with) to datapath dp
@@ -291,4 +292,81 @@ func TestNFTClusterFaults(t *testing.T) {
 		}
 	})
 
+}
+
+// podNeighbors checks node i's neighbor entries for kv's pod: on the host-side veth, the pod
+// addresses must be PERMANENT at the MAC the pod's veth has now; in the pod, the gateways at the
+// host-side veth's MAC.
+func podNeighbors(t *testing.T, c *demo.Cluster, i int) {
+	t.Helper()
+	ns := c.Configs[i].PodNSPrefix + demo.Service
+	hostVeth := pod.HostVethName(ns)
+	mac := func(out string) string {
+		f := strings.Fields(out[strings.Index(out, "link/ether")+len("link/ether"):])
+		return f[0]
+	}
+	podLink, err := exec.Command("ip", "-n", ns, "link", "show", "dev", pod.PodLink).CombinedOutput()
+	if err != nil || !strings.Contains(string(podLink), "link/ether") {
+		t.Errorf("%s: pod link: %v %s", c.Names[i], err, podLink)
+		return
+	}
+	hostLink, err := inNode(c, i, "ip", "link", "show", "dev", hostVeth)
+	if err != nil || !strings.Contains(hostLink, "link/ether") {
+		t.Errorf("%s: host veth %s: %v %s", c.Names[i], hostVeth, err, hostLink)
+		return
+	}
+	podMAC, hostMAC := mac(string(podLink)), mac(hostLink)
+	for _, chk := range []struct {
+		where string
+		out   func() (string, error)
+		addrs []string
+		mac   string
+	}{
+		{"node " + hostVeth, func() (string, error) { return inNode(c, i, "ip", "neigh", "show", "dev", hostVeth) },
+			[]string{demo.Pod4.String(), demo.Pod6.String()}, podMAC},
+		{"pod " + pod.PodLink, func() (string, error) {
+			b, err := exec.Command("ip", "-n", ns, "neigh", "show", "dev", pod.PodLink).CombinedOutput()
+			return string(b), err
+		}, []string{pod.Gateway4.String(), pod.Gateway6.String()}, hostMAC},
+	} {
+		out, err := chk.out()
+		if err != nil {
+			t.Errorf("%s: ip neigh on %s: %v %s", c.Names[i], chk.where, err, out)
+			continue
+		}
+		for _, a := range chk.addrs {
+			found := false
+			for _, l := range strings.Split(out, "\n") {
+				if f := strings.Fields(l); len(f) > 0 && f[0] == a {
+					found = true
+					if !strings.Contains(l, chk.mac) || !strings.Contains(l, "PERMANENT") {
+						t.Errorf("%s: %s: neighbor %q, want %s PERMANENT at %s", c.Names[i], chk.where, l, a, chk.mac)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("%s: %s: no neighbor entry for %s:\n%s", c.Names[i], chk.where, a, out)
+			}
+		}
+	}
+}
+
+// TestMoveBackNeighbors moves kv n0 -> n1 -> n0: each restore makes a new pod (new veth pair,
+// new MACs) on the destination. The permanent neighbor entries of both ends of the new pod's
+// veth must name the new MACs (not the ones of the pod kv had there before), and kv must answer
+// at the node it moved to, each time.
+func TestMoveBackNeighbors(t *testing.T) {
+	c := cluster(t)
+	defer resetKV(t, c)
+	podNeighbors(t, c, 0)
+	for _, mv := range [][2]int{{0, 1}, {1, 0}} {
+		m := waitResult(t, c, mv[0], startMigration(t, c, mv[0], mv[1]), 30*time.Second)
+		if m.Result != api.Succeeded {
+			t.Fatalf("migration %s -> %s: %s %v", c.Names[mv[0]], c.Names[mv[1]], m.Result, m.Error)
+		}
+		podNeighbors(t, c, mv[1])
+		if err := probeKV(c, mv[1], 500*time.Millisecond); err != nil {
+			t.Errorf("kv at %s after the move: %v", c.Names[mv[1]], err)
+		}
+	}
 }
