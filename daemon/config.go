@@ -190,8 +190,17 @@ func (c *Config) Normalize() error {
 	if err := pki.ValidateName(c.Node); err != nil {
 		return fmt.Errorf("config: node: %w", err)
 	}
+	if c.Datapath == "" {
+		c.Datapath = DatapathXDP
+	}
+	if c.Datapath != DatapathXDP && c.Datapath != DatapathNFT {
+		return bad("datapath %q: want %s or %s", c.Datapath, DatapathXDP, DatapathNFT)
+	}
+	if c.NoDatapath && c.Datapath == DatapathNFT {
+		return bad("no_datapath (--no-datapath, control plane only) and datapath %q exclude each other: for XDP off give only --datapath %s", DatapathNFT, DatapathNFT)
+	}
 	if c.Uplink == "" && !c.NoDatapath {
-		return bad("uplink is required (or no_datapath)")
+		return bad("uplink is required (\"uplink\", --uplink: the node's interface toward clients and peers), or no_datapath (--no-datapath) for a control plane only")
 	}
 	if c.IPv4.IsValid() && !c.IPv4.Is4() {
 		return bad("ipv4 %s is not IPv4", c.IPv4)
@@ -238,12 +247,6 @@ func (c *Config) Normalize() error {
 	}
 	if c.Runtime != "runc" && c.Runtime != "none" {
 		return bad("runtime %q: want runc or none", c.Runtime)
-	}
-	if c.Datapath == "" {
-		c.Datapath = DatapathXDP
-	}
-	if c.Datapath != DatapathXDP && c.Datapath != DatapathNFT {
-		return bad("datapath %q: want %s or %s", c.Datapath, DatapathXDP, DatapathNFT)
 	}
 	if c.PKIDir == "" {
 		return bad("pki_dir is required")

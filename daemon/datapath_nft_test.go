@@ -83,6 +83,16 @@ func TestConfigDatapath(t *testing.T) {
 			t.Errorf("datapath %q: %q, %v; want %q", tc.in, c.Datapath, err, tc.want)
 		}
 	}
+	// A bad datapath is named even when other fields are missing too (it is checked first), and
+	// --no-datapath with the nftables datapath is refused.
+	c := Config{Node: "n0", Datapath: "ebpf"}
+	if err := c.Normalize(); err == nil || !strings.Contains(err.Error(), `datapath "ebpf"`) {
+		t.Errorf("datapath ebpf without an uplink: %v, want the datapath named", err)
+	}
+	c = Config{Node: "n0", NoDatapath: true, Datapath: DatapathNFT, PKIDir: "/x", Runtime: "none"}
+	if err := c.Normalize(); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "exclude each other") {
+		t.Errorf("no_datapath with nftables: %v, want a bad request", err)
+	}
 }
 
 // nftTestbed is client -- node -- pod, three namespaces joined by veths:

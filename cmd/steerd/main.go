@@ -121,7 +121,7 @@ Examples:
 	fl.StringVar(&f.runtime, "runtime", "", "container engine: runc or none")
 	fl.StringArrayVar(&f.services, "service", nil, "service: name=N,port=P,instance=I,pod4=A,pod6=A[,pod_port=P][,bundle=DIR]")
 	fl.StringArrayVar(&f.peers, "peer", nil, "peer: name=N,addr=A[,port=P][,ipv4=A][,ipv6=A]")
-	fl.BoolVar(&f.noDatapath, "no-datapath", false, "run without the XDP datapath (control plane only)")
+	fl.BoolVar(&f.noDatapath, "no-datapath", false, "control plane only: nothing delivers client packets to the pods (for tests and dry runs); for XDP off use --datapath nftables")
 	fl.StringVar(&f.datapath, "datapath", "", datapathHelp)
 	fl.IntVar(&f.maxUDPPayload, "max-udp-payload", 0, "largest UDP payload the services send, in bytes (default 1452; the uplink MTU must be at least this + 76, or + 96 with IPv6 peers)")
 	pf := root.PersistentFlags()
@@ -311,7 +311,8 @@ everything down. It needs root, clang-built BPF objects, runc and CRIU ('make de
 
 Examples:
   make demo
-  bin/steerd demo --technique pre-copy --conns 20
+  bin/steerd demo --technique post-copy --conns 20
+  bin/steerd demo --datapath nftables            # XDP off: kernel NAT, no forwarding
   bin/steerd demo --keep --workdir /tmp/demo     # keep configs, certificates and logs`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -337,7 +338,6 @@ Examples:
 	fl.StringVar(&technique, "technique", "cold", "container migration technique: cold, pre-copy, post-copy, hybrid")
 	fl.DurationVar(&o.Settle, "settle", 2*time.Second, "load time before, between and after the migrations")
 	fl.DurationVar(&o.Drain, "drain", time.Second, "drain period: the source forwards until the instance was quiet this long")
-	fl.BoolVar(&o.NoDatapath, "no-datapath", false, "run the nodes without XDP")
 	fl.StringVar(&o.Datapath, "datapath", "xdp", datapathHelp)
 	fl.StringVar(&o.WorkDir, "workdir", "", "directory for configs, certificates and logs (default: temporary, removed)")
 	fl.BoolVar(&o.Keep, "keep", false, "keep the work directory")

@@ -120,18 +120,28 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 		}
 		*b = abs
 	}
+	switch o.Datapath {
+	case "", daemon.DatapathXDP, daemon.DatapathNFT:
+	default:
+		return nil, fmt.Errorf("start cluster: datapath %q: want %s or %s", o.Datapath, daemon.DatapathXDP, daemon.DatapathNFT)
+	}
+	created := false
 	if o.WorkDir == "" {
 		if o.WorkDir, err = os.MkdirTemp("", "steerd-demo-"); err != nil {
 			return nil, err
 		}
+		created = true
 	}
 	c := &Cluster{Names: []string{"n0", "n1"}, WorkDir: o.WorkDir, o: o}
 	defer func() {
 		if err != nil {
 			c.Close()
+			if created { // holds the cluster CA key: never leave it behind unasked
+				os.RemoveAll(o.WorkDir)
+			}
 		}
 	}()
-	c.logf("==> building testbed: 1 client, router, 2 nodes (xdp_pass on the router's node links)")
+	c.logf("==> building testbed: 1 client, router, 2 nodes (datapath %s on the nodes; xdp_pass on the router's node links)", orXDP(o.Datapath))
 	if c.TB, err = netns.Build(netns.Topology{Clients: 1, Nodes: 2, RouterXDPPass: true, NoPodRoutes: true}); err != nil {
 		return nil, fmt.Errorf("start cluster: build testbed: %w", err)
 	}
@@ -452,4 +462,11 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+func orXDP(dp string) string {
+	if dp == "" {
+		return daemon.DatapathXDP
+	}
+	return dp
 }

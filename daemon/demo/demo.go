@@ -101,9 +101,10 @@ func Run(ctx context.Context, o Options) (err error) {
 		if cerr := c.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("demo: tear down: %w", cerr)
 		}
-		if !keep {
+		if !keep && err == nil {
 			os.RemoveAll(c.WorkDir)
 		} else {
+			// A failed demo keeps its logs for the operator (docs/operations.md).
 			say("kept %s (configs, certificates, logs)", c.WorkDir)
 		}
 		say("total %.1fs", time.Since(begin).Seconds())
