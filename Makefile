@@ -11,7 +11,7 @@ TESTFLAGS ?=
 # BENCH_FLAGS go to bench/run.sh, e.g. BENCH_FLAGS=--reference (copy the run into bench/results/).
 BENCH_FLAGS ?=
 
-.PHONY: all deps build generate generate-check test test-short lint demo bench clean help
+.PHONY: all deps build generate generate-check test test-short lint demo bench clean clean-all help
 
 all: build
 
@@ -47,6 +47,10 @@ demo: deps build ## live-migrate a QUIC service between two edge nodes on a netn
 bench: deps build ## benchmarks: migration matrix, baselines, datapath (root, < 30 min)
 	./bench/run.sh $(BENCH_FLAGS)
 
-clean: ## remove build output and every namespace/link this project left behind
+clean: ## remove build output and the stdr-* namespaces/links whose owner process is gone
+	rm -rf $(BIN)
+	$(GO) run ./tests/netns/cmd/sweep || true
+
+clean-all: ## like clean, but every stdr-* namespace/link, even one a running demo/bench/test uses
 	rm -rf $(BIN)
 	$(GO) run ./tests/netns/cmd/sweep -all || true
