@@ -57,6 +57,16 @@ func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMe
 		return true
 	}
 	phase := api.PhasePeer
+	// The operations of an incoming migration come from its source only (opCommit checks this
+	// itself; opOutcome answers any peer): another configured node must not restore, tell the
+	// service it was restored, or abort a migration it does not run.
+	bySource := func(migration string) bool {
+		if e := d.checkSource(from, migration); e != nil {
+			err = fmt.Errorf("%s: %w", op, e)
+			return false
+		}
+		return true
+	}
 	switch op {
 	case opPrepareRestore:
 		phase = api.PhaseDest
@@ -67,13 +77,13 @@ func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMe
 	case opRestore:
 		phase = api.PhaseRestore
 		var q restoreReq
-		if dec(&q) {
+		if dec(&q) && bySource(q.Migration) {
 			err = d.restore(ctx, q, &r)
 		}
 	case opRestored:
 		phase = api.PhaseRestored
 		var q restoredReq
-		if dec(&q) {
+		if dec(&q) && bySource(q.Migration) {
 			err = d.restored(ctx, q, &r)
 		}
 	case opRoute:
@@ -85,7 +95,7 @@ func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMe
 	case opAbort:
 		phase = api.PhaseRollback
 		var q abortReq
-		if dec(&q) {
+		if dec(&q) && bySource(q.Migration) {
 			err = d.abortIncoming(ctx, q, &r)
 		}
 	case opCommit:
@@ -107,6 +117,18 @@ func (d *Daemon) servePeer(ctx context.Context, from, op string, body json.RawMe
 		r.Error = d.apiErr(phase, err)
 	}
 	return &r
+}
+
+// checkSource returns an error wrapping ErrBadRequest when the incoming migration id exists
+// and its source is not the authenticated peer from (nil for an unknown migration: the operation
+// itself reports that, or, for an abort, has nothing to do).
+func (d *Daemon) checkSource(from, id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in, ok := d.incoming[id]; ok && in.source != from {
+		return fmt.Errorf("migration %s: %w: source is %q, not %q", id, ErrBadRequest, in.source, from)
+	}
+	return nil
 }
 
 func (d *Daemon) getIncoming(id string) (*incoming, error) {

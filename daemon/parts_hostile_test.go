@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"math"
 	"os"
@@ -103,5 +105,40 @@ func TestImagePartsHostile(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a part after the abort brought the image directory back: %v", err)
+	}
+}
+
+// TestIncomingOpsOnlyFromSource: another configured node than a migration's source must not
+// restore it, tell its service it was restored, abort it, or send it image files.
+func TestIncomingOpsOnlyFromSource(t *testing.T) {
+	_, b, _, _ := pair(t)
+	dir := t.TempDir()
+	b.d.incoming["m"] = &incoming{id: "m", source: "a", dir: dir, tl: newTimeline("m", "b", nil)}
+	ctx := context.Background()
+	for _, op := range []string{opRestore, opRestored, opAbort} {
+		body, _ := json.Marshal(abortReq{Migration: "m", Service: testSvc})
+		r := b.d.servePeer(ctx, "c", op, body)
+		if r.Error == nil || !strings.Contains(r.Error.Cause, `not "c"`) {
+			t.Errorf("%s of a's migration from c: %+v, want refused", op, r.Error)
+		}
+	}
+	if _, err := b.d.getIncoming("m"); err != nil {
+		t.Fatalf("c's abort removed a's migration: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("c's abort removed a's image directory: %v", err)
+	}
+	if err := b.d.checkSource("c", "m"); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("image from c for a's migration: %v, want ErrBadRequest", err)
+	}
+	if err := b.d.checkSource("a", "m"); err != nil {
+		t.Errorf("image from the source: %v", err)
+	}
+	body, _ := json.Marshal(abortReq{Migration: "m", Service: testSvc})
+	if r := b.d.servePeer(ctx, "a", opAbort, body); r.Error != nil {
+		t.Fatalf("abort from the source: %v", r.Error)
+	}
+	if _, err := b.d.getIncoming("m"); !errors.Is(err, ErrUnknownMig) {
+		t.Errorf("after the source's abort: %v, want ErrUnknownMig", err)
 	}
 }

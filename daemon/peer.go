@@ -204,6 +204,14 @@ func (s *PeerServer) serveStream(ctx context.Context, str *quic.Stream, from str
 		reply(&PeerReply{Error: &api.Error{Phase: api.PhaseTransfer, Cause: "negative image size"}})
 		return
 	}
+	// Only the migration's source sends its image (a handler without checkSource: tests).
+	if sc, ok := s.h.(interface{ checkSource(from, id string) error }); ok {
+		if err := sc.checkSource(from, req.Migration); err != nil {
+			reply(&PeerReply{Error: &api.Error{Phase: api.PhaseTransfer, Cause: fmt.Sprintf("receive image file %s: %v", req.Name, err)}})
+			str.CancelRead(1)
+			return
+		}
+	}
 	fileSize := req.FileSize
 	if fileSize == 0 {
 		fileSize = req.Size // the whole file
