@@ -48,8 +48,53 @@ func TestWriteTimeline(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if len(lines) != 4 || !strings.HasPrefix(lines[1], "+0.000s") || !strings.Contains(lines[2], "4.0MiB/8.0MiB") ||
-		!strings.HasPrefix(lines[3], "+1.500s") || !strings.Contains(lines[3], "300ms") {
+		!strings.HasPrefix(lines[3], "+1.500s") || !strings.Contains(lines[3], "300.0 ms") || !strings.Contains(lines[3], "began +1.200s") {
 		t.Fatalf("timeline:\n%s", b.String())
+	}
+}
+
+// TestWriteTimelineEngine: an End event without a Start of its phase on its node says when the
+// phase began (its time minus its duration) and spells out the detail "engine"; an End whose
+// Start is listed does not; durations are one-decimal milliseconds.
+func TestWriteTimelineEngine(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	err := WriteTimeline(&b, []Event{
+		{Node: "n0", Phase: PhaseDest, Kind: Start, Time: t0},
+		{Node: "n0", Phase: PhaseDest, Kind: End, Time: t0.Add(50 * time.Millisecond), Duration: 50 * time.Millisecond},
+		{Node: "n0", Phase: "pause", Kind: End, Time: t0.Add(240 * time.Millisecond), Duration: 168930 * time.Microsecond, Detail: "engine"},
+		{Node: "n0", Phase: PhaseDrain, Kind: End, Time: t0.Add(3 * time.Second), Duration: 1001140 * time.Microsecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("timeline:\n%s", b.String())
+	}
+	if strings.Contains(lines[2], "began") || !strings.Contains(lines[2], "50.0 ms") {
+		t.Errorf("end with a start: %q", lines[2])
+	}
+	for _, w := range []string{"168.9 ms", "container engine (runc/CRIU) step", "began +0.071s"} {
+		if !strings.Contains(lines[3], w) {
+			t.Errorf("engine end %q lacks %q", lines[3], w)
+		}
+	}
+	if strings.Contains(lines[3], " engine,") || !strings.Contains(lines[4], "1001.1 ms") || !strings.Contains(lines[4], "began +1.999s") {
+		t.Errorf("timeline:\n%s", b.String())
+	}
+}
+
+func TestMS(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		803743 * time.Microsecond:  "803.7 ms",
+		80 * time.Microsecond:      "0.1 ms",
+		1438625 * time.Microsecond: "1438.6 ms",
+		0:                          "0.0 ms",
+	} {
+		if got := MS(d); got != want {
+			t.Errorf("MS(%v) = %q, want %q", d, got, want)
+		}
 	}
 }
 
@@ -88,9 +133,9 @@ func TestWriteTimelineMigrations(t *testing.T) {
 }
 
 func TestMigrationWarning(t *testing.T) {
-	m := &Migration{ID: "x", Service: "kv", From: "n0", To: "n1", Result: Succeeded, Ready: 3}
+	m := &Migration{ID: "x", Service: "kv", From: "n0", To: "n1", Result: Succeeded, Ready: 3, Downtime: 803743 * time.Microsecond}
 	var b strings.Builder
-	if err := WriteMigrationSummary(&b, m); err != nil || strings.Contains(b.String(), "warning") {
+	if err := WriteMigrationSummary(&b, m); err != nil || strings.Contains(b.String(), "warning") || !strings.Contains(b.String(), "downtime 803.7 ms,") {
 		t.Fatalf("all ready: %q %v", b.String(), err)
 	}
 	m.NotReady, m.Unsupported = 1, 2

@@ -13,11 +13,14 @@ import (
 //
 //	T        NODE  PHASE         EVENT  DURATION  DETAIL
 //	+0.000s  a     prepare-dest  start
-//	+0.004s  b     prepare-dest  end    3.1ms
+//	+0.004s  b     prepare-dest  end    3.1 ms
 //
-// Events of several migrations get a MIGRATION column; each migration's rows are together (in
-// the order the migrations started) with times relative to its own first event. Details are
-// printed on one line.
+// Durations are milliseconds with one decimal (MS). Events of several migrations get a
+// MIGRATION column; each migration's rows are together (in the order the migrations started)
+// with times relative to its own first event. Details are printed on one line. An End or Fail
+// event without a Start event of its phase on its node (the container engine reports sub-phases
+// such as pause and dump only when they are done, detail "engine") says when the phase began,
+// computed from its duration, and the detail "engine" is spelled out.
 func WriteTimeline(w io.Writer, events []Event) error {
 	if len(events) == 0 {
 		_, err := fmt.Fprintln(w, "(no events)")
@@ -39,6 +42,12 @@ func WriteTimeline(w io.Writer, events []Event) error {
 		}
 		return es[i].Time.Before(es[j].Time)
 	})
+	started := map[[3]string]bool{}
+	for _, e := range es {
+		if e.Kind == Start {
+			started[[3]string{e.Migration, e.Node, string(e.Phase)}] = true
+		}
+	}
 	multi := len(first) > 1
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if multi {
@@ -48,12 +57,23 @@ func WriteTimeline(w io.Writer, events []Event) error {
 	for _, e := range es {
 		t0 := first[e.Migration]
 		dur := ""
+		detail := e.Detail
 		if e.Kind == End || e.Kind == Fail {
 			if e.Duration > 0 {
-				dur = e.Duration.Round(10 * time.Microsecond).String()
+				dur = MS(e.Duration)
+			}
+			if !started[[3]string{e.Migration, e.Node, string(e.Phase)}] {
+				if detail == "engine" {
+					detail = "container engine (runc/CRIU) step, reported when done"
+				}
+				began := fmt.Sprintf("began +%.3fs", e.Time.Add(-e.Duration).Sub(t0).Seconds())
+				if detail == "" {
+					detail = began
+				} else {
+					detail += ", " + began
+				}
 			}
 		}
-		detail := e.Detail
 		if e.Kind == Progress || (e.Phase == PhaseTransfer && e.Total > 0) {
 			detail = fmt.Sprintf("%s %s/%s", detail, Bytes(e.Bytes), Bytes(e.Total))
 		}
@@ -75,6 +95,12 @@ func OneLine(s string) string {
 		}
 	}
 	return strings.Join(parts, " | ")
+}
+
+// MS formats a duration as milliseconds with one decimal ("803.7 ms", "0.1 ms", "1001.1 ms"):
+// the one duration style of the timeline, the migration summary and the demo.
+func MS(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
 }
 
 // Bytes formats a byte count with a binary unit (B, KiB, MiB, GiB).
@@ -104,8 +130,8 @@ func WriteMigration(w io.Writer, m *Migration) error {
 // with connections that were not ready or do not support server migration, a warning line that
 // says what happens to them.
 func WriteMigrationSummary(w io.Writer, m *Migration) error {
-	_, err := fmt.Fprintf(w, "migration %s: %s %s -> %s (%s, %s): %s, downtime %v, %s moved, connections ready %d / not ready %d / unsupported %d\n",
-		m.ID, m.Service, m.From, m.To, m.Strategy, m.Technique, m.Result, m.Downtime.Round(time.Microsecond), Bytes(m.Bytes), m.Ready, m.NotReady, m.Unsupported)
+	_, err := fmt.Fprintf(w, "migration %s: %s %s -> %s (%s, %s): %s, downtime %s, %s moved, connections ready %d / not ready %d / unsupported %d\n",
+		m.ID, m.Service, m.From, m.To, m.Strategy, m.Technique, m.Result, MS(m.Downtime), Bytes(m.Bytes), m.Ready, m.NotReady, m.Unsupported)
 	if err != nil || m.Result != Succeeded {
 		return err
 	}
