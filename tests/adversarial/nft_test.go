@@ -181,6 +181,9 @@ func checkRules(t *testing.T, c *demo.Cluster, i int, local bool) {
 //   - DestKilledMidParts: migrates kv back n1 -> n0 and kills n0's steerd while the pages image
 //     arrives in parts. The migration must roll back with kv running and answering on n1, and
 //     n1's table must still DNAT kv.
+//   - DestKilledAfterRestore: kills n1's steerd once the restored kv runs there (before the
+//     commit). At most one copy may talk: n1's copy stays in the fenced set, also after n1's
+//     steerd restarted, and n0's table DNATs kv again after a rollback.
 func TestNFTClusterFaults(t *testing.T) {
 	requireTools(t)
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -292,6 +295,35 @@ func TestNFTClusterFaults(t *testing.T) {
 		}
 	})
 
+	t.Run("DestKilledAfterRestore", func(t *testing.T) {
+		resetKV(t, c)
+		kvReady(t, 0)
+		id := startMigration(t, c, 0, 1)
+		if !waitFor(30*time.Second, func() bool { return runcState(c, 1, demo.Service) == "running" }) {
+			t.Fatalf("kv never ran on n1")
+		}
+		c.StopSteerd(1, true)
+		m := waitResult(t, c, 0, id, 20*time.Second)
+		rs0, rs1, fenced := runcState(c, 0, demo.Service), runcState(c, 1, demo.Service), nftKVFenced(t, c, 1)
+		t.Logf("migration %s: %s: %v; runc n0 %q n1 %q (n1 pod fenced %v)", id, m.Result, m.Error, rs0, rs1, fenced)
+		if rs0 == "running" && rs1 == "running" && !fenced {
+			t.Errorf("kv runs unfenced on both n0 and n1 after the destination's steerd died post-restore (result %s)", m.Result)
+		}
+		if m.Result == api.RolledBack {
+			if err := probeKV(c, 0, 500*time.Millisecond); err != nil {
+				t.Errorf("kv at n0 after the rollback: %v", err)
+			}
+			checkRules(t, c, 0, true)
+		}
+		if err := c.StartSteerd(context.Background(), 1); err != nil {
+			t.Fatalf("restart steerd n1: %v", err)
+		}
+		rs1, fenced = runcState(c, 1, demo.Service), nftKVFenced(t, c, 1)
+		t.Logf("after restarting steerd n1: runc n1 %q fenced %v, steerd n1 reports kv %q", rs1, fenced, serviceState(c, 1, demo.Service))
+		if m.Result == api.RolledBack && rs1 == "running" && !fenced {
+			t.Errorf("restarted steerd n1 unfenced the copy of a migration n0 rolled back")
+		}
+	})
 }
 
 // podNeighbors checks node i's neighbor entries for kv's pod: on the host-side veth, the pod
@@ -349,6 +381,30 @@ func podNeighbors(t *testing.T, c *demo.Cluster, i int) {
 			}
 		}
 	}
+}
+
+// nftKVFenced reports whether kv's pod on node i is in the fenced set of node i's table (read
+// with nft: the node's steerd may be dead); false when there is no pod.
+func nftKVFenced(t *testing.T, c *demo.Cluster, i int) bool {
+	t.Helper()
+	veth := pod.HostVethName(c.Configs[i].PodNSPrefix + demo.Service)
+	link, err := inNode(c, i, "ip", "-o", "link", "show", "dev", veth)
+	if err != nil {
+		return false
+	}
+	index := strings.TrimSuffix(strings.Fields(link)[0], ":")
+	set, err := inNode(c, i, "nft", "list", "set", "inet", daemon.NFTTable, "fenced")
+	if err != nil {
+		t.Fatalf("%s: nft list set fenced: %v %s", c.Names[i], err, set)
+	}
+	_, elems, _ := strings.Cut(set, "elements = {")
+	elems, _, _ = strings.Cut(elems, "}")
+	for _, e := range strings.FieldsFunc(elems, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' || r == '"' }) {
+		if e == index || e == veth {
+			return true
+		}
+	}
+	return false
 }
 
 // TestMoveBackNeighbors moves kv n0 -> n1 -> n0: each restore makes a new pod (new veth pair,
