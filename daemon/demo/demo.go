@@ -20,6 +20,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -133,6 +135,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	sleep(ctx, o.Settle)
 
 	var failed []string
+	var used []string // "n0 -> n1 symmetric" per migration, for the load report
+	names := map[string]string{}
+	for i := range c.Names {
+		names[c.Public(i).String()] = c.Names[i]
+	}
+	nft := o.Datapath == daemon.DatapathNFT && !o.NoDatapath
 	for _, s := range o.Steps {
 		from, to := c.Names[s.From], c.Names[s.To]
 		say("migrating %s %s -> %s (strategy %s, technique %s)", Service, from, to, s.Strategy, s.Technique)
@@ -140,6 +148,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		for i := range before {
 			before[i], _ = c.Counters(ctx, i)
 		}
+		window := time.Now()
 		mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 		m, err := c.Migrate(mctx, s.From, s.To, s.Strategy, s.Technique, o.Drain)
 		cancel()
@@ -151,10 +160,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		for i := range after {
 			after[i], _ = c.Counters(ctx, i)
 		}
-		printMigration(out, m, from, to, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]), o.Datapath == daemon.DatapathNFT && !o.NoDatapath)
+		clients := viewClients(ld.Events(), window, time.Now(), o.Conns).line(names, m)
+		printMigration(out, m, from, to, clients, delta(before[s.From], after[s.From]), delta(before[s.To], after[s.To]), nft, o.Settle/2)
+		used = append(used, fmt.Sprintf("%s -> %s %s", from, to, s.Strategy))
 		if routes, err := c.Steerctl(ctx, s.From, "routes"); err == nil {
 			if r := strings.TrimSpace(routes); r == "(no routes)" || !strings.Contains(r, "\n") {
-				routes = "(no routes: the forwarding entry was removed after the drain)\n"
+				routes = noRoutes(nft, o.NoDatapath)
 			}
 			fmt.Fprintf(out, "steerctl routes on %s after the drain:\n%s", from, indent(routes))
 		}
@@ -178,7 +189,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	case lerr != nil:
 		failed = append(failed, fmt.Sprintf("load client: %v", lerr))
 	default:
-		printLoad(out, rep, c)
+		printLoad(out, rep, names, used)
 		if !rep.OK() || rep.Received == 0 {
 			failed = append(failed, fmt.Sprintf("load client: lost %d, out of order %d, wrong %d, failed connections %d", rep.Lost, rep.OutOfOrder, rep.Wrong, rep.Failed))
 		}
@@ -216,13 +227,38 @@ func phaseDur(es []api.Event, p api.Phase, node string, engine bool) (time.Durat
 	return 0, 0, false
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+func ms(d time.Duration) string { return api.MS(d) }
+
+// noRoutes is what the demo prints for an empty `steerctl routes` on the source after the drain,
+// worded for the datapath (nft: the nftables datapath, which never forwards).
+func noRoutes(nft, noDatapath bool) string {
+	switch {
+	case nft:
+		return "(no routes: the nftables datapath never forwards; the source drops the packets that still reach it)\n"
+	case noDatapath:
+		return "(no routes: the nodes run without a datapath)\n"
+	}
+	return "(no routes: the forwarding entry was removed after the drain)\n"
+}
+
+// imageBytes matches the restore detail "<n> image bytes" of the destination's steerd.
+var imageBytes = regexp.MustCompile(`^(\d+) image bytes$`)
+
+// readableDetail rewrites a raw byte count in an event detail with api.Bytes ("3.2MiB image").
+func readableDetail(d string) string {
+	if sm := imageBytes.FindStringSubmatch(d); sm != nil {
+		if n, err := strconv.ParseInt(sm[1], 10, 64); err == nil {
+			return "image " + api.Bytes(n)
+		}
+	}
+	return d
+}
 
 // printMigration prints a migration's timeline (per-file transfer events folded into one line),
-// its phase durations and the datapath counters of both nodes during it.
-// printMigration prints a migration's timeline, phases and the datapath counters of both nodes
-// during it (nft: the nodes run the nftables datapath, daemon.NFT).
-func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map[string]uint64, nft bool) {
+// its phase durations, what the clients saw (the line clients, printed right after the phases) and
+// the datapath counters of both nodes from the migration's start to after (settle) after it
+// ended (nft: the nodes run the nftables datapath, daemon.NFT).
+func printMigration(w io.Writer, m *api.Migration, from, to, clients string, src, dst map[string]uint64, nft bool, after time.Duration) {
 	var es []api.Event
 	files := 0
 	for _, e := range m.Events {
@@ -232,6 +268,7 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 			}
 			continue
 		}
+		e.Detail = readableDetail(e.Detail)
 		es = append(es, e)
 	}
 	fmt.Fprintln(w, "timeline:")
@@ -248,7 +285,7 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 	fmt.Fprintln(w, "phases:")
 	line("prepare-dest ("+to+")", api.PhaseDest, "", "destination reserves the service")
 	line("prepare (quicext)", api.PhasePrepare, from, fmt.Sprintf("%s: %d connections ready, %d not ready, %d unsupported", m.Strategy, m.Ready, m.NotReady, m.Unsupported))
-	line("pause (freezer)", "pause", from, "freeze starts")
+	line("pause (freezer)", "pause", from, "cgroup freezer stops the container (freeze begins)")
 	_, dumpBytes, _ := phaseDur(m.Events, "dump", from, true)
 	line("dump (CRIU)", "dump", from, fmt.Sprintf("image %s", api.Bytes(dumpBytes)))
 	if d, n, ok := phaseDur(m.Events, api.PhaseTransfer, from, true); ok {
@@ -269,13 +306,15 @@ func printMigration(w io.Writer, m *api.Migration, from, to string, src, dst map
 	line("complete ("+from+")", api.PhaseComplete, from, "source container removed")
 	line("drain ("+from+")", api.PhaseDrain, from, drainDetail(m.Events))
 	fmt.Fprintf(w, "  %-22s %10s  freeze to restored container running: the service answers nobody (steerd's measure)\n", "downtime", ms(m.Downtime))
+	fmt.Fprintln(w, clients)
+	window := fmt.Sprintf("packets from the migration's start to %.1f s after its end; the drain line above counts only from the route switch to the drain's end", after.Seconds())
 	if nft {
-		fmt.Fprintln(w, "nftables datapath (XDP off) during the migration (packets):")
+		fmt.Fprintf(w, "nftables datapath (XDP off), %s:\n", window)
 		fmt.Fprintf(w, "  %s: delivered to the pod %d, dropped after the move %d (stale: nothing is forwarded)\n", from, src[daemon.NFTDelivered], src[daemon.NFTDroppedStale])
 		fmt.Fprintf(w, "  %s: delivered to the pod %d, dropped while the restored copy was fenced %d\n", to, dst[daemon.NFTDelivered], dst[daemon.NFTDroppedFenced])
 		return
 	}
-	fmt.Fprintln(w, "XDP datapath during the migration (packets):")
+	fmt.Fprintf(w, "XDP datapath, %s:\n", window)
 	fmt.Fprintf(w, "  %s: forwarded to %s %d, delivered locally %d, replies SNAT'd %d\n", from, to, src["forwarded"], src["local"], src["snat"]+src["snat_default"])
 	fmt.Fprintf(w, "  %s: decapsulated %d, delivered locally %d, replies SNAT'd %d (to the address the client used)\n", to, dst["decapsulated"], dst["local"], dst["snat"]+dst["snat_default"])
 	explain := map[string]string{
@@ -301,17 +340,94 @@ func drainDetail(es []api.Event) string {
 	return ""
 }
 
-// printLoad prints the load report: totals, and per connection the largest gap, switches and the
-// server address it ended on.
-func printLoad(w io.Writer, r *load.Report, c *Cluster) {
+// clientView is what the load client saw during one migration: its events in a time window.
+type clientView struct {
+	conns    int      // connections of the load client
+	switched int      // connections with a "switched" event in the window
+	addrs    []string // the addresses switched to, in order of first appearance
+	// maxGapMS is the largest gap (ms) that ended in the window, on connection maxGapConn; 0 when
+	// no gap went above the load client's threshold.
+	maxGapMS   float64
+	maxGapConn int
+	wrong      int      // "wrong" events: wrong or out-of-order answers
+	failed     int      // "error" events: connections that failed
+	strategies []string // strategies the clients' events named (announced, switched, ...)
+}
+
+// viewClients splits the load client's events by a migration's window [from, to]: a "gap" event
+// (sent when the gap ends) counts when its gap ended in the window.
+func viewClients(es []load.Event, from, to time.Time, conns int) clientView {
+	v := clientView{conns: conns, maxGapConn: -1}
+	sw := map[int]bool{}
+	seen := map[string]bool{}
+	for _, e := range es {
+		if e.Time.Before(from) || e.Time.After(to) {
+			continue
+		}
+		switch e.Ev {
+		case "switched":
+			sw[e.Conn] = true
+			if e.Addr != "" && !seen[e.Addr] {
+				seen[e.Addr] = true
+				v.addrs = append(v.addrs, e.Addr)
+			}
+		case "gap":
+			if e.GapMS > v.maxGapMS {
+				v.maxGapMS, v.maxGapConn = e.GapMS, e.Conn
+			}
+		case "wrong":
+			v.wrong++
+		case "error":
+			v.failed++
+		}
+		if e.Strategy != "" && !seen["strategy:"+e.Strategy] && e.Ev != "negotiated" {
+			seen["strategy:"+e.Strategy] = true
+			v.strategies = append(v.strategies, e.Strategy)
+		}
+	}
+	v.switched = len(sw)
+	return v
+}
+
+// line formats the view as the demo's per-migration client line, e.g.
+//
+//	clients: 4/4 switched to 198.18.21.2:4433 (n1), strategy symmetric, max gap 786.6 ms on conn 2 (downtime 803.7 ms), wrong answers 0, failed connections 0
+//
+// names maps a public address to its node name.
+func (v clientView) line(names map[string]string, m *api.Migration) string {
+	to := "no new address"
+	if len(v.addrs) > 0 {
+		var as []string
+		for _, a := range v.addrs {
+			if n := names[a]; n != "" {
+				a += " (" + n + ")"
+			}
+			as = append(as, a)
+		}
+		to = strings.Join(as, ", ")
+	}
+	strategy := m.Strategy
+	if len(v.strategies) > 0 && (len(v.strategies) != 1 || v.strategies[0] != m.Strategy) {
+		strategy += " requested, clients reported " + strings.Join(v.strategies, ", ")
+	}
+	gap := "no gap above the load client's threshold"
+	if v.maxGapConn >= 0 {
+		gap = fmt.Sprintf("max gap %.1f ms on conn %d", v.maxGapMS, v.maxGapConn)
+	}
+	return fmt.Sprintf("clients: %d/%d switched to %s, strategy %s, %s (downtime %s), wrong answers %d, failed connections %d (lost requests: counted when the load stops)",
+		v.switched, v.conns, to, strategy, gap, api.MS(m.Downtime), v.wrong, v.failed)
+}
+
+// printLoad prints the load report: totals, the strategy each migration used, and per connection
+// the largest gap, switches and the server address it ended on (names: public address -> node).
+func printLoad(w io.Writer, r *load.Report, names map[string]string, used []string) {
 	fmt.Fprintf(w, "load: %d connections, sent %d, received %d, lost %d, out of order %d, wrong %d, failed connections %d, switched %d, max gap %.1f ms\n",
 		len(r.Conns), r.Sent, r.Received, r.Lost, r.OutOfOrder, r.Wrong, r.Failed, r.Switched, r.MaxGapMS)
 	fmt.Fprintln(w, "  (max gap: the largest interval between two answers on one connection, what a client experienced;")
 	fmt.Fprintln(w, "   downtime: steerd's measure, from the freeze to the end of the destination's restore call. CRIU lets the")
 	fmt.Fprintln(w, "   restored process run a little before that call returns, so max gap can be slightly below the downtime)")
-	names := map[string]string{}
-	for i := range c.Names {
-		names[c.Public(i).String()] = c.Names[i]
+	if len(used) > 0 {
+		fmt.Fprintf(w, "  strategy used per migration: %s\n", strings.Join(used, ", "))
 	}
 	for _, cr := range r.Conns {
 		var sw []string
@@ -319,7 +435,7 @@ func printLoad(w io.Writer, r *load.Report, c *Cluster) {
 			n := names[s.Addr]
 			sw = append(sw, fmt.Sprintf("%s(%s)", s.Addr, n))
 		}
-		fmt.Fprintf(w, "  conn %d: strategies offered and agreed %s, %d answered, counter %d..%d, max gap %.1f ms, switches [%s], ended on %s (%s)%s\n",
+		fmt.Fprintf(w, "  conn %d: strategies negotiated (any of): %s, %d answered, counter %d..%d, max gap %.1f ms, switches [%s], ended on %s (%s)%s\n",
 			cr.Conn, cr.Negotiated, cr.Received, cr.FirstValue, cr.LastValue, cr.MaxGap.MS, strings.Join(sw, " "), cr.ServerAddr, names[cr.ServerAddr], errSuffix(cr.Err))
 	}
 }
