@@ -106,7 +106,11 @@ func DetectCapabilities(ctx context.Context, criu string) (Capabilities, error) 
 func (c Capabilities) Supports(t Technique) error {
 	var why []string
 	if (t == PreCopy || t == Hybrid) && !c.MemDirtyTrack {
-		why = append(why, "pre-dump needs soft-dirty memory tracking, which this kernel lacks (criu check --feature mem_dirty_track fails; build the kernel with CONFIG_MEM_SOFT_DIRTY=y)")
+		alt := "cold or post-copy"
+		if !c.UffdNonCoop || !c.lazyPipesOK() {
+			alt = "cold" // post-copy is refused here too
+		}
+		why = append(why, "pre-dump needs soft-dirty memory tracking, which this kernel lacks (criu check --feature mem_dirty_track fails; build the kernel with CONFIG_MEM_SOFT_DIRTY=y); use --technique "+alt)
 	}
 	if t == PostCopy || t == Hybrid {
 		if !c.UffdNonCoop {

@@ -119,7 +119,10 @@ Examples:
   steerctl --node n0 run kv
   steerctl --node n0 migrate kv --to n1 --strategy symmetric --technique cold
   steerctl --node n0 status -o json
-  steerctl --socket /run/steerd/n0/control.sock events`,
+  steerctl --socket /run/steerd/n0/control.sock events
+
+Exit status: 0 success, 1 errors, 2 usage errors (bad flags or arguments), 3 a migration
+failed (migrate).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -144,7 +147,7 @@ Examples:
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageError{fmt.Errorf("%s: want %s, got %d arguments (see '%s --help')", cmd.CommandPath(), what, len(args), cmd.CommandPath())}
+			return usageError{fmt.Errorf("%s: want %s, got %d arguments (see '%s --help')", cmd.Name(), what, len(args), cmd.CommandPath())}
 		}
 		return nil
 	}
@@ -297,6 +300,9 @@ strategy S), checkpoints the container with CRIU (technique T), streams the imag
 over the mutually authenticated peer channel, restores it there, makes NODE deliver the
 service's instance locally and itself forward it to NODE, tells the service it was
 restored, and forwards until no packet for the instance arrived for the drain period.
+With the nftables datapath (steerd --datapath nftables) nothing is forwarded: packets that
+still reach the old node are dropped, and clients recover by QUIC loss recovery
+(retransmission to the service's new address).
 
 Any failure before the commit (the end of the restore; the destination's copy is fenced
 until then) rolls back: the service keeps running on the source.
@@ -306,7 +312,8 @@ Strategies: symmetric, sync-symmetric, explicit-proactive (or explicit), explici
 Techniques: cold, pre-copy, post-copy, hybrid (pre-copy and hybrid need soft-dirty memory
 tracking, CONFIG_MEM_SOFT_DIRTY; a node refuses a technique it cannot run before anything moves)
 
-Exit status: 0 succeeded, 3 the migration failed (rolled back or not), 1 other errors.
+Exit status: 0 succeeded, 3 the migration failed (rolled back or not), 2 usage errors (bad
+flags or arguments), 1 other errors.
 
 Examples:
   steerctl --node n0 migrate kv --to n1 --strategy symmetric --technique cold

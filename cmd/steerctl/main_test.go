@@ -31,10 +31,10 @@ func TestHelp(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--help"}, []string{"Examples:", "steerctl init", "migrate", "--socket"}},
+		{[]string{"--help"}, []string{"Examples:", "steerctl init", "migrate", "--socket", "2 usage errors"}},
 		{[]string{"init", "--help"}, []string{"Examples:", "--nodes n0,n1", "ca.key", "0600"}},
 		{[]string{"run", "--help"}, []string{"Examples:", "steerctl --node n0 run kv", "pod network namespace"}},
-		{[]string{"migrate", "--help"}, []string{"Examples:", "--strategy", "explicit-reactive", "post-copy", "rolls back", "node, the phase and the cause"}},
+		{[]string{"migrate", "--help"}, []string{"Examples:", "--strategy", "explicit-reactive", "post-copy", "rolls back", "node, the phase and the cause", "nftables", "dropped", "QUIC loss recovery", "2 usage errors"}},
 		{[]string{"status", "--help"}, []string{"Examples:", "-o json"}},
 		{[]string{"routes", "--help"}, []string{"Examples:", "QUIC-LB server ID"}},
 		{[]string{"events", "--help"}, []string{"Examples:", "timeline"}},
@@ -59,7 +59,7 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"migrate", "kv", "--to", "n1", "--strategy", "warp"}, []string{"--strategy", "warp", "symmetric, sync-symmetric"}},
 		{[]string{"migrate", "kv", "--to", "n1", "--technique", "teleport"}, []string{"--technique", "cold, pre-copy, post-copy, hybrid"}},
 		{[]string{"migrate", "kv"}, []string{"--to NODE is required"}},
-		{[]string{"migrate"}, []string{"want SERVICE", "--help"}},
+		{[]string{"migrate"}, []string{"steerctl: migrate: want SERVICE", "'steerctl migrate --help'"}},
 		{[]string{"status", "--bogus"}, []string{"unknown flag: --bogus", "steerctl status --help"}},
 		{[]string{"status", "-o", "yaml"}, []string{"want text or json"}},
 		{[]string{"status"}, []string{"no control socket", "--socket"}},
@@ -70,6 +70,9 @@ func TestBadUsage(t *testing.T) {
 		code, _, errOut := steerctl(t, tc.args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2 (stderr %q)", tc.args, code, errOut)
+		}
+		if strings.Contains(errOut, "steerctl: steerctl ") {
+			t.Errorf("%v: stderr repeats the prefix: %q", tc.args, errOut)
 		}
 		for _, w := range tc.want {
 			if !strings.Contains(errOut, w) {

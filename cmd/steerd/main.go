@@ -83,7 +83,9 @@ Examples:
   nsenter --net=/var/run/netns/stdr-n0 steerd --config n0.json --log-format json
       # a node in a network namespace: enter only the netns ('ip netns exec' also
       # remounts /sys, which hides /sys/fs/cgroup from runc)
-  steerd demo                      # the end-to-end demo (make demo)`,
+  steerd demo                      # the end-to-end demo (make demo)
+
+Exit status: 0 success, 1 errors, 2 usage errors (bad flags or arguments).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -306,14 +308,18 @@ func demoCmd(f *flags) *cobra.Command {
 n1), starts steerd on both nodes inside their namespaces, runs the example QUIC service
 (kvservice) on n0, starts a load client, migrates the service n0 -> n1 with the Symmetric
 strategy and back n1 -> n0 with Explicit-reactive, prints each migration's timeline,
-checks that both migrations succeeded and that the load client lost no request, and tears
+phases, datapath counters and what the clients saw (switches, largest gap), checks that both migrations succeeded and that the load client lost no request, and tears
 everything down. It needs root, clang-built BPF objects, runc and CRIU ('make deps').
 
 Examples:
   make demo
   bin/steerd demo --technique post-copy --conns 20
   bin/steerd demo --datapath nftables            # XDP off: kernel NAT, no forwarding
-  bin/steerd demo --keep --workdir /tmp/demo     # keep configs, certificates and logs`,
+  bin/steerd demo --keep --workdir /tmp/demo     # keep configs, certificates and logs
+  scripts/demo.sh --datapath nftables            # flags after scripts/demo.sh go to steerd demo
+
+Exit status: 0 the demo passed, 1 it failed (set-up, a migration or the load check; the work
+directory is kept and named), 2 usage errors (bad flags or arguments).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usageError{fmt.Errorf("demo: unexpected argument %q", args[0])}
