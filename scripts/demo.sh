@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh: the main job: live-migrates a QUIC service container between two edge nodes on a netns
 # testbed (bin/steerd demo; see daemon/demo). `make demo` runs `make deps build` first. Root only.
-# Arguments are passed to `steerd demo` (e.g. --conns 20, --keep --workdir /tmp/demo).
+# Arguments are passed to `steerd demo` (e.g. --datapath nftables, --conns 20, --keep --workdir
+# /tmp/demo; list: bin/steerd demo --help). `make demo` passes none: run this script for flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:/usr/local/sbin:$PATH
