@@ -10,6 +10,8 @@ PKGS      := ./...
 TESTFLAGS ?=
 # BENCH_FLAGS go to bench/run.sh, e.g. BENCH_FLAGS=--reference (copy the run into bench/results/).
 BENCH_FLAGS ?=
+# DEMO_FLAGS go to steerd demo, e.g. DEMO_FLAGS="--datapath nftables".
+DEMO_FLAGS ?=
 
 .PHONY: all deps build generate generate-check test test-short lint demo bench clean clean-all help
 
@@ -42,7 +44,7 @@ lint: ## gofmt and go vet
 	$(GO) vet $(PKGS)
 
 demo: deps build ## live-migrate a QUIC service between two edge nodes on a netns testbed (root)
-	./scripts/demo.sh
+	./scripts/demo.sh $(DEMO_FLAGS)
 
 bench: deps build ## benchmarks: migration matrix, baselines, datapath (root, < 30 min)
 	./bench/run.sh $(BENCH_FLAGS)
