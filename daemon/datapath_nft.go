@@ -644,6 +644,19 @@ func (n *NFT) SetFenced(hostIfindex int, fenced bool) error {
 	return nil
 }
 
+// AttachPod implements podAttacher: the nftables datapath needs nothing on a pod's veth (the
+// kernel routes to the pod after the DNAT); it does nothing.
+func (n *NFT) AttachPod(hostIfindex int, podNetNSPath string, podIfindex int) error { return nil }
+
+// DetachPod implements podAttacher: a pod that goes leaves the set "fenced" (its veth is gone,
+// and the kernel may hand its ifindex to a later interface, which must not start fenced).
+func (n *NFT) DetachPod(hostIfindex int) error {
+	if err := n.SetFenced(hostIfindex, false); err != nil {
+		return fmt.Errorf("detach pod veth %d: %w", hostIfindex, err)
+	}
+	return nil
+}
+
 // FencedPods implements fencer: the host-side veth ifindexes in the set "fenced", sorted.
 func (n *NFT) FencedPods() ([]int, error) {
 	n.mu.Lock()
@@ -691,3 +704,5 @@ func (n *NFT) sysctl(key, value string) error {
 	}
 	return nil
 }
+
+var _ podAttacher = (*NFT)(nil)

@@ -319,6 +319,9 @@ func TestNFTClusterFaults(t *testing.T) {
 			t.Fatalf("restart steerd n1: %v", err)
 		}
 		rs1, fenced = runcState(c, 1, demo.Service), nftKVFenced(t, c, 1)
+		if !waitFor(20*time.Second, func() bool { return len(staleFences(t, c, 1)) == 0 }) {
+			t.Errorf("n1: fenced set holds interfaces that no longer exist: %v", staleFences(t, c, 1))
+		}
 		t.Logf("after restarting steerd n1: runc n1 %q fenced %v, steerd n1 reports kv %q", rs1, fenced, serviceState(c, 1, demo.Service))
 		if m.Result == api.RolledBack && rs1 == "running" && !fenced {
 			t.Errorf("restarted steerd n1 unfenced the copy of a migration n0 rolled back")
@@ -405,6 +408,40 @@ func nftKVFenced(t *testing.T, c *demo.Cluster, i int) bool {
 		}
 	}
 	return false
+}
+
+// staleFences returns the elements of node i's fenced set that name no existing interface (a
+// pod deleted without unfencing: the set only grows, and an ifindex the kernel hands out again
+// would start fenced).
+func staleFences(t *testing.T, c *demo.Cluster, i int) []string {
+	t.Helper()
+	set, err := inNode(c, i, "nft", "--numeric", "list", "set", "inet", daemon.NFTTable, "fenced")
+	if err != nil {
+		t.Fatalf("%s: nft list set fenced: %v %s", c.Names[i], err, set)
+	}
+	_, elems, ok := strings.Cut(set, "elements = {")
+	if !ok {
+		return nil
+	}
+	elems, _, _ = strings.Cut(elems, "}")
+	links, err := inNode(c, i, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatalf("%s: ip link: %v", c.Names[i], err)
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(links, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			have[strings.TrimSuffix(f[0], ":")] = true
+			have[strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]] = true
+		}
+	}
+	var stale []string
+	for _, e := range strings.FieldsFunc(elems, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' || r == '"' }) {
+		if !have[e] {
+			stale = append(stale, e)
+		}
+	}
+	return stale
 }
 
 // TestMoveBackNeighbors moves kv n0 -> n1 -> n0: each restore makes a new pod (new veth pair,
