@@ -67,6 +67,9 @@ func testStrategies(t *testing.T, n int) {
 				if len(r.Ready) != n || !r.AllReady() || r.Strategy != st {
 					t.Fatalf("readiness: ready=%d notready=%d unsupported=%d strategy=%v", len(r.Ready), len(r.NotReady), len(r.Unsupported), r.Strategy)
 				}
+				if want := map[bool]int{true: n}[st == StrategySyncSymmetric]; r.Holding() != want {
+					t.Fatalf("readiness of %v: %d holding clients, want %d", st, r.Holding(), want)
+				}
 				t.Logf("prepare took %.1f ms", r.ElapsedMS)
 				if tb.mc.DroppedOld.Load() == 0 && st != StrategyExplicit && st != StrategySyncSymmetric && st != StrategyPool {
 					// reactive and symmetric clients keep sending to the old address until they

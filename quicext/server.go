@@ -119,6 +119,26 @@ type Readiness struct {
 // AllReady reports whether every connection is ready.
 func (r Readiness) AllReady() bool { return len(r.NotReady) == 0 && len(r.Unsupported) == 0 }
 
+// Holding counts the prepared connections whose clients hold their sends from the announcement
+// until SERVER_MIGRATED (Synchronized Symmetric; Ready and NotReady, since a client that did not
+// acknowledge may still have received SERVER_MIGRATION and hold). Such a client's gap starts at
+// Prepare, not at the freeze: a host that freezes the service later than right after Prepare
+// (runc checkpoint --lazy-pages, where CRIU freezes the container only after runc and CRIU
+// start-up, 250-630 ms measured) lengthens their gap by that delay while the other strategies'
+// clients are still served. With Holding() > 0 the host should freeze at once (runc pause)
+// after Prepare. See docs/quicext-wire.md, "Synchronized Symmetric and the freeze".
+func (r Readiness) Holding() int {
+	n := 0
+	for _, l := range [][]ConnInfo{r.Ready, r.NotReady} {
+		for _, c := range l {
+			if c.Strategy == StrategySyncSymmetric {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Status is a snapshot of the server.
 type Status struct {
 	Prepared    bool     `json:"prepared"`
