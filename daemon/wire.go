@@ -25,7 +25,8 @@ type XDP struct {
 	peers map[string]datapath.PeerID
 }
 
-// OpenXDP loads and attaches the XDP datapath on cfg.Uplink and adds the configured peers.
+// OpenXDP removes a table an earlier steerd's nftables datapath left (RemoveNFTTable), loads and
+// attaches the XDP datapath on cfg.Uplink and adds the configured peers.
 func OpenXDP(cfg *Config) (*XDP, error) {
 	var addrs []netip.Addr
 	for _, a := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
@@ -46,6 +47,11 @@ func OpenXDP(cfg *Config) (*XDP, error) {
 		if pinDir, err = loader.PinDirFor(root); err != nil {
 			return nil, fmt.Errorf("open datapath: %w", err)
 		}
+	}
+	// A steerd that ran here with --datapath nftables (killed, or without detach_on_exit) left its
+	// table: its DNAT/drop rules would act on the packets XDP passes to the stack. One datapath.
+	if _, err := RemoveNFTTable(); err != nil {
+		return nil, fmt.Errorf("open datapath: take over from the nftables datapath: %w", err)
 	}
 	dp, err := datapath.Open(datapath.Config{
 		Uplink: cfg.Uplink, NodeAddrs: addrs, TunnelPort: cfg.TunnelPort,
