@@ -243,7 +243,9 @@ func (r *RuncEngine) Recover(ctx context.Context) ([]RecoveredContainer, error) 
 // Checkpoint implements Engine (cold): technique check, BeforeFreeze (the quicext prepare), runc
 // pause (cgroup freezer: the freeze starts), runc checkpoint --leave-running (CRIU dump; the
 // container stays paused for a rollback), then every image file through req.Transport. Phases
-// reported: "pause", "dump", "transfer" (bytes = image size).
+// reported: "pause", "dump", "transfer" (bytes = image size). Post-copy: runc checkpoint
+// --lazy-pages (CRIU freezes the container), preceded by runc pause when req.FreezeAtOnce says
+// so; phases "pause" (then), "lazy-dump", "transfer".
 func (r *RuncEngine) Checkpoint(ctx context.Context, req CheckpointRequest) (EngineReport, error) {
 	var rep EngineReport
 	if err := r.Supports(ctx, req.Technique); err != nil {
@@ -262,7 +264,15 @@ func (r *RuncEngine) Checkpoint(ctx context.Context, req CheckpointRequest) (Eng
 	}
 	if req.Technique == api.PostCopy {
 		// CRIU freezes the container itself and serves its private memory from the page server
-		// after the dump; the image holds everything else.
+		// after the dump; the image holds everything else. Clients that hold their sends since
+		// the prepare (FreezeAtOnce) should not also wait for CRIU's start-up: pause first.
+		if req.FreezeAtOnce != nil && req.FreezeAtOnce() {
+			t := time.Now()
+			if err := r.eng.Pause(ctx, req.Service); err != nil {
+				return rep, err
+			}
+			phase("pause", t, 0)
+		}
 		t := time.Now()
 		l, n, err := r.eng.CheckpointLazy(ctx, req.Service, req.PageServer)
 		if err != nil {

@@ -196,6 +196,8 @@ type fakeEngine struct {
 	state map[string]string
 	// restoredFiles are the files the last Restore found in its image directory (name -> content).
 	restoredFiles map[string]string
+	// freezeAtOnce is what the last Checkpoint's FreezeAtOnce said after BeforeFreeze.
+	freezeAtOnce bool
 }
 
 func newFakeEngine(node string, c *calls, f *fail) *fakeEngine {
@@ -236,6 +238,7 @@ func (e *fakeEngine) Checkpoint(ctx context.Context, r CheckpointRequest) (Engin
 	if err := r.BeforeFreeze(ctx); err != nil {
 		return rep, err
 	}
+	e.freezeAtOnce = r.FreezeAtOnce != nil && r.FreezeAtOnce()
 	e.c.add(e.node, "engine.freeze")
 	e.set(r.Service, "frozen")
 	if err := e.f.get("checkpoint"); err != nil {
@@ -306,6 +309,8 @@ type fakeCtl struct {
 	f    *fail
 	// hang makes Prepare never answer (it waits for its timeout).
 	hang bool
+	// holding is the Readiness.Holding Prepare reports.
+	holding int
 }
 
 func (s *fakeCtl) Prepare(ctx context.Context, podNS string, t Target, strategy string, timeout time.Duration) (Readiness, error) {
@@ -316,7 +321,7 @@ func (s *fakeCtl) Prepare(ctx context.Context, podNS string, t Target, strategy 
 		<-ctx.Done()
 		return Readiness{}, fmt.Errorf("wait for readiness after %v: %w", timeout, ErrPrepareTimeout)
 	}
-	return Readiness{Ready: 3, Unsupported: 1}, nil
+	return Readiness{Ready: 3, Unsupported: 1, Holding: s.holding}, nil
 }
 
 func (s *fakeCtl) Restored(ctx context.Context, podNS string, t Target) error {

@@ -334,6 +334,7 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 			}
 			defer os.RemoveAll(dir)
 			rb.checkpoint = true
+			holding := 0 // connections holding their sends since the prepare
 			rep, err := d.engine.Checkpoint(ctx, CheckpointRequest{
 				Migration: id, Service: def.Name, Technique: req.Technique, ImageDir: dir, PageServer: pageServer,
 				Transport: &peerTransport{d: d, peer: peer, migration: id, tl: tl, mg: mg},
@@ -350,9 +351,15 @@ func (d *Daemon) runMigration(mg *migration, s *service, def ServiceDef, pdef Pe
 					}
 					tl.add(api.Event{Phase: api.PhasePrepare, Kind: api.Info,
 						Detail: fmt.Sprintf("ready %d, not ready %d, unsupported %d", r.Ready, r.NotReady, r.Unsupported)})
+					if r.Holding > 0 {
+						holding = r.Holding
+						tl.add(api.Event{Phase: api.PhasePrepare, Kind: api.Info,
+							Detail: fmt.Sprintf("%d connections hold their sends from now on (sync-symmetric): freeze at once", r.Holding)})
+					}
 					freezeAt = time.Now()
 					return nil
 				},
+				FreezeAtOnce: func() bool { return holding > 0 },
 			})
 			for _, p := range rep.Phases {
 				tl.add(api.Event{Phase: api.Phase(p.Name), Kind: api.End, Time: p.End, Duration: p.End.Sub(p.Start), Bytes: p.Bytes, Detail: "engine"})

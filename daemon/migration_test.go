@@ -377,3 +377,19 @@ func TestRunAndStateMessages(t *testing.T) {
 		t.Fatalf("a after the way back: %+v", st)
 	}
 }
+
+// TestFreezeAtOnceFollowsHolding: the engine is asked to freeze at once exactly when the
+// service reported connections holding their sends since the prepare (Synchronized Symmetric).
+func TestFreezeAtOnceFollowsHolding(t *testing.T) {
+	for _, holding := range []int{0, 2} {
+		a, _, _, _ := pair(t)
+		a.ctl.holding = holding
+		m := migrate(t, a, api.MigrateRequest{Technique: api.Cold, Strategy: "sync-symmetric"})
+		if m.Result != api.Succeeded {
+			t.Fatalf("holding %d: result %s, error %v", holding, m.Result, m.Error)
+		}
+		if got := a.eng.freezeAtOnce; got != (holding > 0) {
+			t.Errorf("holding %d: FreezeAtOnce %v, want %v", holding, got, holding > 0)
+		}
+	}
+}

@@ -68,7 +68,7 @@ func (q QuicextControl) Prepare(ctx context.Context, podNS string, t Target, str
 		}
 		return Readiness{}, err
 	}
-	return Readiness{Ready: len(r.Ready), NotReady: len(r.NotReady), Unsupported: len(r.Unsupported),
+	return Readiness{Ready: len(r.Ready), NotReady: len(r.NotReady), Unsupported: len(r.Unsupported), Holding: r.Holding(),
 		Elapsed: time.Duration(r.ElapsedMS * float64(time.Millisecond))}, nil
 }
 
