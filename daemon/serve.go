@@ -49,6 +49,12 @@ func Serve(ctx context.Context, cfg *Config, o ServeOptions) (err error) {
 	cert := node.TLSCertificate()
 	dp := o.Datapath
 	if dp == nil && !cfg.NoDatapath {
+		// One steerd per network namespace owns the uplink's datapath.
+		release, err := LockNetNS("")
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		defer release()
 		switch cfg.Datapath {
 		case DatapathNFT:
 			n, err := OpenNFT(cfg)
