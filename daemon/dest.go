@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/steerd/steerd/api"
 	"github.com/steerd/steerd/pod"
 )
@@ -277,6 +279,12 @@ func (d *Daemon) receiveImagePart(migration, name string, r io.Reader, off, size
 		return sum, fmt.Errorf("receive image file %s: %w: part [%d, +%d) outside %d bytes", name, ErrBadRequest, off, size, fileSize)
 	}
 	whole := off == 0 && size == fileSize
+	// The announced length is allocated (Truncate) before any byte arrives: refuse one the image
+	// directory's filesystem cannot hold, instead of failing late or filling the disk.
+	var fs unix.Statfs_t
+	if off == 0 && unix.Statfs(in.dir, &fs) == nil && fileSize > int64(fs.Bavail)*int64(fs.Bsize) {
+		return sum, fmt.Errorf("receive image file %s: %w: %d bytes announced, %d free in %s", name, ErrNoSpace, fileSize, int64(fs.Bavail)*int64(fs.Bsize), in.dir)
+	}
 	d.mu.Lock()
 	if whole {
 		delete(in.fileSizes, clean)

@@ -34,6 +34,9 @@ var (
 	ErrBadRequest     = errors.New("bad request")
 	ErrChecksum       = errors.New("image checksum mismatch")
 	ErrPrepareTimeout = errors.New("service did not become ready before the prepare timeout")
+	// ErrNoSpace: an incoming image file is larger than the free space of the destination's
+	// image directory (checked when its first part arrives).
+	ErrNoSpace = errors.New("not enough free space for the image")
 )
 
 // LocalTarget is where a node delivers an instance it hosts: the pod behind a host-side veth.

@@ -43,6 +43,15 @@ func TestImagePartsHostile(t *testing.T) {
 		t.Errorf("refused parts left w.img: %v", err)
 	}
 
+	// A file announced larger than the image directory's free space is refused before anything
+	// is allocated (a huge sparse file would otherwise pass until the disk fills).
+	if err := part("big.img", "ab", 0, math.MaxInt64/2); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("file of 2^62 bytes: %v, want ErrNoSpace", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "big.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused big.img left a file: %v", err)
+	}
+
 	// A part that announces another file length than the first part of the file.
 	if err := part("x.img", "cd", 2, 4); err != nil {
 		t.Fatal(err)
