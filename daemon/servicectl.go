@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/steerd/steerd/internal/nsutil"
@@ -25,20 +26,42 @@ type QuicextControl struct {
 	Addr string
 	// Grace is added to the prepare timeout for the answer (0 = DefaultPrepareGrace).
 	Grace time.Duration
+	// ConnectRetry is how long a refused connection to the endpoint is retried (every 50 ms, within
+	// the request's context): a service that was just started (or restarted) may not listen yet
+	// (0 = DefaultConnectRetry).
+	ConnectRetry time.Duration
 }
+
+// DefaultConnectRetry is QuicextControl's default ConnectRetry.
+const DefaultConnectRetry = time.Second
 
 func (q QuicextControl) client(podNS string) *quicext.ControlClient {
 	addr := q.Addr
 	if addr == "" {
 		addr = quicext.DefaultControlAddr
 	}
+	retry := q.ConnectRetry
+	if retry <= 0 {
+		retry = DefaultConnectRetry
+	}
 	return &quicext.ControlClient{Dial: func(ctx context.Context) (net.Conn, error) {
 		var c net.Conn
-		err := nsutil.Do(podNS, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "unix", addr)
-			return err
-		})
+		give := time.Now().Add(retry)
+		var err error
+		for {
+			err = nsutil.Do(podNS, func() (err error) {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, "unix", addr)
+				return err
+			})
+			if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(give) || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("dial %s in netns %q: %w", addr, podNS, err)
 		}

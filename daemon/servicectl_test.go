@@ -144,3 +144,36 @@ func TestQuicextControlNeverAnswers(t *testing.T) {
 		t.Fatalf("missing endpoint: %v", err)
 	}
 }
+
+// TestQuicextControlWaitsForListener: a service that starts listening shortly after the request
+// (just started or restarted) is reached within ConnectRetry; one that never listens fails with
+// the refused connection once ConnectRetry has passed.
+func TestQuicextControlWaitsForListener(t *testing.T) {
+	addr := fmt.Sprintf("@steerd-test-late-%d-%d", os.Getpid(), time.Now().UnixNano())
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		ln, err := net.Listen("unix", addr)
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { ln.Close() })
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		bufio.NewReader(c).ReadBytes('\n')
+		c.Write([]byte(`{"ok":true}` + "\n"))
+	}()
+	q := QuicextControl{Addr: addr, ConnectRetry: 2 * time.Second}
+	tgt := Target{IPv4: netip.MustParseAddrPort("198.18.21.2:4433")}
+	if err := q.Restored(context.Background(), "", tgt); err != nil {
+		t.Fatalf("restored to a service listening 200 ms late: %v", err)
+	}
+	q = QuicextControl{Addr: fmt.Sprintf("@steerd-test-never-%d", time.Now().UnixNano()), ConnectRetry: 300 * time.Millisecond}
+	start := time.Now()
+	err := q.Restored(context.Background(), "", tgt)
+	if el := time.Since(start); err == nil || !strings.Contains(err.Error(), "connection refused") || el < 300*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("restored to no listener: %v after %v, want connection refused after ~300 ms", err, el)
+	}
+}

@@ -313,7 +313,8 @@ func TestDestinationSteerdKilledAfterRestore(t *testing.T) {
 	ld := startLoad(t, c, 0, 2)
 	id := startMigration(t, c, 0, 1)
 	if !waitFor(30*time.Second, func() bool { return runcState(c, 1, demo.Service) == "running" }) {
-		t.Fatalf("kv never ran on n1")
+		m := waitResult(t, c, 0, id, 5*time.Second)
+		t.Fatalf("kv never ran on n1; migration %s: %s: %v", id, m.Result, m.Error)
 	}
 	c.StopSteerd(1, true)
 	m := waitResult(t, c, 0, id, time.Minute)
