@@ -30,19 +30,12 @@ var bin string
 func TestMain(m *testing.M) {
 	code := func() int {
 		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "steerd-adv-bin-")
+			dir, err := demo.BuildBinaries("steerd-adv-bin-")
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 			defer os.RemoveAll(dir)
-			cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/steerd/steerd/cmd/steerd",
-				"github.com/steerd/steerd/cmd/steerctl", "github.com/steerd/steerd/examples/kvservice")
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build binaries: %v\n%s", err, out)
-				return 1
-			}
 			bin = dir
 		}
 		code := m.Run()
@@ -54,13 +47,8 @@ func TestMain(m *testing.M) {
 
 func requireTools(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skip: missing capability: root is needed for network namespaces, XDP, runc and CRIU")
-	}
-	for _, b := range []string{"runc", "criu", "nsenter"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("skip: missing capability: %s is not installed (make deps)", b)
-		}
+	if why := demo.MissingCapability(); why != "" {
+		t.Skip("skip: missing capability: " + why)
 	}
 }
 

@@ -48,19 +48,12 @@ var bin string
 func TestMain(m *testing.M) {
 	code := func() int {
 		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "steerd-e2e-bin-")
+			dir, err := demo.BuildBinaries("steerd-e2e-bin-")
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 			defer os.RemoveAll(dir)
-			cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/steerd/steerd/cmd/steerd",
-				"github.com/steerd/steerd/cmd/steerctl", "github.com/steerd/steerd/examples/kvservice")
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build binaries: %v\n%s", err, out)
-				return 1
-			}
 			bin = dir
 		}
 		return m.Run()
@@ -86,13 +79,8 @@ var kv2 = daemon.ServiceDef{Name: "kv2", Port: 4434, Instance: 8,
 
 func requireTools(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skip: missing capability: root is needed for network namespaces, XDP, runc and CRIU")
-	}
-	for _, b := range []string{"runc", "criu", "nsenter"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("skip: missing capability: %s is not installed (make deps)", b)
-		}
+	if why := demo.MissingCapability(); why != "" {
+		t.Skip("skip: missing capability: " + why)
 	}
 }
 
