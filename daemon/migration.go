@@ -666,6 +666,8 @@ type peerTransport struct {
 // progressStep is how often (in bytes) a transfer adds a progress event.
 const progressStep = 4 << 20
 
+// SendFile implements ImageTransport: it sends the file to the destination over the peer channel
+// with start, progress (every progressStep bytes) and end events, and counts the bytes.
 func (t *peerTransport) SendFile(ctx context.Context, name string, r io.Reader, size int64) error {
 	t.tl.add(api.Event{Phase: api.PhaseTransfer, Kind: api.Start, Detail: name, Total: size})
 	start := time.Now()

@@ -40,6 +40,7 @@ type Cell struct {
 	XDP       bool
 }
 
+// String is "<strategy>/<technique>/<size>MB/xdp-<on|off>", the name of the cell in logs and CSVs.
 func (c Cell) String() string { return c.Strategy + "/" + c.Group().String() }
 
 // Cells returns the whole matrix in priority order: when the budget cannot give every group (see
@@ -70,6 +71,7 @@ type Group struct {
 	XDP       bool
 }
 
+// String is "<technique>/<size>MB/xdp-<on|off>".
 func (g Group) String() string {
 	x := "off"
 	if g.XDP {
